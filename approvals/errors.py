@@ -1,0 +1,94 @@
+"""The one exception tree of hitl.
+
+Each class's docstring is its default message. Domain errors (``DomainError``) are the user's to fix
+and map to CLI exit code 1 (2 for ``UsageError`` subclasses) and HTTP 404/409/403/413/422;
+``InfrastructureError`` wraps a failure of the database or broker and is raised ``from`` the original.
+"""
+
+from __future__ import annotations
+
+
+class HitlError(Exception):
+    """hitl failed."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(self.message)
+
+
+class DomainError(HitlError):
+    """The request cannot be carried out."""
+
+    http_status = 409
+
+
+class NotFound(DomainError):
+    """Not found."""
+
+    http_status = 404
+
+
+class ApprovalNotFound(NotFound):
+    """No approval has that id."""
+
+
+class RunNotFound(NotFound):
+    """No run has that id."""
+
+
+class UnknownWorkflow(NotFound):
+    """No workflow is registered under that name."""
+
+
+class InvalidTransition(DomainError):
+    """That status change is not allowed from the current status."""
+
+
+class AlreadyDecided(InvalidTransition):
+    """The approval was already decided."""
+
+
+class ApprovalExpired(InvalidTransition):
+    """The approval's deadline has passed; it no longer takes decisions."""
+
+
+class ApprovalCancelled(InvalidTransition):
+    """The approval was cancelled with its run."""
+
+
+class NotAllowed(DomainError):
+    """You are not allowed to do that."""
+
+    http_status = 403
+
+
+class UsageError(DomainError):
+    """The input is not valid."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class InvalidDecision(UsageError):
+    """The decision's data is not valid."""
+
+
+class InvalidPayload(UsageError):
+    """The payload is not valid."""
+
+
+class PayloadTooLarge(UsageError):
+    """The payload is larger than the configured limit."""
+
+    http_status = 413
+
+
+class InfrastructureError(HitlError):
+    """The database or the broker failed."""
+
+
+class BrokerUnavailable(InfrastructureError):
+    """The broker could not be reached."""

@@ -1,0 +1,156 @@
+"""SQLAlchemy 2.0 models: runs, approvals (the request), decisions (the response), the run timeline and
+the outbox of messages to dispatch after commit.
+
+Times are timezone-aware UTC (``UtcDateTime`` restores the zone SQLite drops). Statuses are stored as
+their string values and read back as enums.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import Enum as SqlEnum
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from approvals.status import ApprovalStatus, EventKind, RunStatus
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always returns aware UTC datetimes, also on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; hitl stores timezone-aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind]) -> SqlEnum:
+    """A portable VARCHAR column holding the enum's values (no native ENUM type, no CHECK constraint)."""
+    return SqlEnum(enum, native_enum=False, create_constraint=False, length=32,
+                   values_callable=lambda members: [m.value for m in members])
+
+
+class Base(DeclarativeBase):
+    """Declarative base of hitl's own tables."""
+
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Run(Base):
+    """One execution of a registered workflow."""
+
+    __tablename__ = "hitl_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workflow: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    payload: Mapped[Any] = mapped_column(JSON)
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    approvals: Mapped[list[Approval]] = relationship(back_populates="run", order_by="Approval.created_at")
+
+
+class Approval(Base):
+    """What a person is asked: one waitpoint of a run. The answer lives in :class:`DecisionRecord`."""
+
+    __tablename__ = "hitl_approvals"
+    __table_args__ = (Index("ix_hitl_approvals_status_deadline", "status", "deadline"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[ApprovalStatus] = mapped_column(_status_column(ApprovalStatus))
+    #: The task id of the wait step that created this row; a redelivered wait finds its row by it.
+    step_task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: What is to be reviewed: the result of the step before the wait.
+    subject: Mapped[Any] = mapped_column(JSON)
+    assignees: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    deadline: Mapped[datetime] = mapped_column()
+    #: The rest of the chain, as Celery signature dicts in run order.
+    continuation: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    on_reject: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    on_timeout: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    #: Outcome applied at the deadline instead of ``timed_out`` ("approved" or "rejected"), if declared.
+    timeout_default: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    run: Mapped[Run] = relationship(back_populates="approvals")
+    decision: Mapped[DecisionRecord | None] = relationship(back_populates="approval", uselist=False)
+
+
+class DecisionRecord(Base):
+    """What was answered, by whom and when: the response to one :class:`Approval`."""
+
+    __tablename__ = "hitl_decisions"
+
+    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    approval: Mapped[Approval] = relationship(back_populates="decision")
+
+
+class RunEvent(Base):
+    """One entry of a run's timeline, append-only."""
+
+    __tablename__ = "hitl_run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
+    kind: Mapped[EventKind] = mapped_column(_status_column(EventKind))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A Celery message written in the same transaction as the state change that calls for it.
+
+    It is sent after commit; the relay re-sends rows still unsent. ``task_id`` is deterministic so the
+    receiving step can tell a second delivery from the first.
+    """
+
+    __tablename__ = "hitl_outbox"
+    __table_args__ = (Index("ix_hitl_outbox_unsent", "sent_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: A Celery signature dict (a task or a chain) to apply.
+    signature: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Positional arguments prepended when it is applied (the decision, for a continuation).
+    args: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,89 @@
+"""Status enums and the one table of allowed transitions for each.
+
+Every status change in the database is a compare-and-set guarded by these tables: the UPDATE names the
+statuses it may leave (``WHERE status IN (...)``) and the row count decides the winner
+(see :mod:`approvals.transitions`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    """Where a run of a workflow stands."""
+
+    PENDING = "pending"  # created; the first step has not started yet
+    RUNNING = "running"  # a step is queued or executing
+    WAITING = "waiting"  # parked at a waitpoint; only database rows hold it
+    SUCCEEDED = "succeeded"  # the chain ran to its end
+    REJECTED = "rejected"  # a step ended the run because a person said no
+    TIMED_OUT = "timed_out"  # a step ended the run because a wait's deadline passed
+    FAILED = "failed"  # a step raised after its retries were spent
+    CANCELLED = "cancelled"  # an operator cancelled the run
+
+    @property
+    def terminal(self) -> bool:
+        """True when no transition leaves this status."""
+        return not RUN_TRANSITIONS[self]
+
+
+class ApprovalStatus(StrEnum):
+    """Where one approval (one waitpoint of a run) stands."""
+
+    PENDING = "pending"  # waiting for a person or for its deadline
+    APPROVED = "approved"  # a person approved it
+    REJECTED = "rejected"  # a person rejected it
+    TIMED_OUT = "timed_out"  # the deadline sweep resolved it
+    CANCELLED = "cancelled"  # its run was cancelled while it was pending
+
+    @property
+    def terminal(self) -> bool:
+        """True when no transition leaves this status."""
+        return not APPROVAL_TRANSITIONS[self]
+
+
+class EventKind(StrEnum):
+    """Kinds of entries in a run's timeline."""
+
+    CREATED = "created"  # the run row was written
+    STEP_FINISHED = "step_finished"  # a step task returned
+    STEP_FAILED = "step_failed"  # a step task raised after its retries
+    STEP_SKIPPED = "step_skipped"  # a step found its run cancelled and did nothing
+    WAITING = "waiting_for_input"  # a wait step stored an approval and ended the chain
+    RESOLVED = "input_resolved"  # an approval was decided, timed out or cancelled
+    FINISHED = "run_finished"  # the run reached a terminal status
+
+
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset({RunStatus.RUNNING, RunStatus.WAITING, RunStatus.SUCCEEDED,
+                                  RunStatus.FAILED, RunStatus.REJECTED, RunStatus.TIMED_OUT,
+                                  RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset({RunStatus.WAITING, RunStatus.SUCCEEDED, RunStatus.FAILED,
+                                  RunStatus.REJECTED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}),
+    RunStatus.WAITING: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.REJECTED: frozenset(),
+    RunStatus.TIMED_OUT: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+APPROVAL_TRANSITIONS: dict[ApprovalStatus, frozenset[ApprovalStatus]] = {
+    ApprovalStatus.PENDING: frozenset({ApprovalStatus.APPROVED, ApprovalStatus.REJECTED,
+                                       ApprovalStatus.TIMED_OUT, ApprovalStatus.CANCELLED}),
+    ApprovalStatus.APPROVED: frozenset(),
+    ApprovalStatus.REJECTED: frozenset(),
+    ApprovalStatus.TIMED_OUT: frozenset(),
+    ApprovalStatus.CANCELLED: frozenset(),
+}
+
+
+def run_sources(target: RunStatus) -> frozenset[RunStatus]:
+    """Return the run statuses from which ``target`` may be reached."""
+    return frozenset(s for s, allowed in RUN_TRANSITIONS.items() if target in allowed)
+
+
+def approval_sources(target: ApprovalStatus) -> frozenset[ApprovalStatus]:
+    """Return the approval statuses from which ``target`` may be reached."""
+    return frozenset(s for s, allowed in APPROVAL_TRANSITIONS.items() if target in allowed)

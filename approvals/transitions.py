@@ -1,0 +1,108 @@
+"""Status changes as atomic compare-and-set statements.
+
+Each function issues one ``UPDATE ... WHERE id = :id AND status IN (:allowed sources)`` and returns
+whether this caller won (row count 1). Nothing here reads, checks, then writes. The allowed sources come
+from the transition tables in :mod:`approvals.status`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
+
+from approvals.errors import (
+    AlreadyDecided,
+    ApprovalCancelled,
+    ApprovalExpired,
+    ApprovalNotFound,
+    HitlError,
+    InvalidTransition,
+)
+from approvals.models import Approval, Run, utcnow
+from approvals.status import ApprovalStatus, RunStatus, approval_sources, run_sources
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) -> bool:
+    """Move run ``run_id`` to ``target`` if its current status allows it.
+
+    Args:
+        session: an open session; the caller commits.
+        run_id: the run's id.
+        target: the status to move to.
+        **values: other columns to set in the same statement (``result``, ``error``).
+
+    Returns:
+        True if this call made the change, False if the run is missing or its status does not allow it.
+    """
+    now = utcnow()
+    if target.terminal:
+        values["finished_at"] = now
+    stmt = (
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(run_sources(target)))
+        .values(status=target, updated_at=now, **values)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def resolve_approval(
+    session: Session, approval_id: str, target: ApprovalStatus, *, before_deadline: datetime | None = None,
+    due_by: datetime | None = None,
+) -> bool:
+    """Move approval ``approval_id`` from pending to ``target``.
+
+    Args:
+        session: an open session; the caller commits.
+        approval_id: the approval's id.
+        target: approved, rejected, timed_out or cancelled.
+        before_deadline: if given, only succeed while ``deadline > before_deadline`` (a person's decision
+            never lands after the deadline, even if the sweep has not run yet).
+        due_by: if given, only succeed when ``deadline <= due_by`` (the sweep never times out early).
+
+    Returns:
+        True if this call made the change.
+    """
+    stmt = update(Approval).where(
+        Approval.id == approval_id, Approval.status.in_(approval_sources(target))
+    )
+    if before_deadline is not None:
+        stmt = stmt.where(Approval.deadline > before_deadline)
+    if due_by is not None:
+        stmt = stmt.where(Approval.deadline <= due_by)
+    stmt = stmt.values(status=target, resolved_at=utcnow())
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
+    """Cancel every pending approval of run ``run_id``; return the ids cancelled by this call."""
+    ids = list(session.scalars(
+        select(Approval.id).where(Approval.run_id == run_id, Approval.status == ApprovalStatus.PENDING)
+    ))
+    return [i for i in ids if resolve_approval(session, i, ApprovalStatus.CANCELLED)]
+
+
+def why_not_pending(session: Session, approval_id: str, now: datetime) -> HitlError:
+    """Explain why a decision on ``approval_id`` lost its compare-and-set, for the error shown to the user."""
+    row = session.execute(
+        select(Approval.status, Approval.deadline).where(Approval.id == approval_id)
+    ).one_or_none()
+    if row is None:
+        return ApprovalNotFound(f"no approval has id {approval_id!r}")
+    status, deadline = row
+    if status is ApprovalStatus.PENDING and deadline <= now:
+        return ApprovalExpired(f"approval {approval_id} expired at {deadline.isoformat()}")
+    if status is ApprovalStatus.TIMED_OUT:
+        return ApprovalExpired(f"approval {approval_id} timed out at {deadline.isoformat()}")
+    if status is ApprovalStatus.CANCELLED:
+        return ApprovalCancelled(f"approval {approval_id} was cancelled with its run")
+    if status in (ApprovalStatus.APPROVED, ApprovalStatus.REJECTED):
+        return AlreadyDecided(f"approval {approval_id} was already {status.value}")
+    return InvalidTransition(f"approval {approval_id} is {status.value}")

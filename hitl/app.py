@@ -1,0 +1,30 @@
+"""The Celery application of hitl: ``celery -A hitl.app worker|beat|flower``.
+
+Configuration comes from ``celeryconfig.py``. With the embedded default, the worker and beat start the
+embedded Redis server if it is not running yet (see :mod:`hitl.broker`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from hitl.broker import ensure_broker
+
+app = Celery("hitl")
+app.config_from_object("celeryconfig")
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _start_embedded_broker(**_: Any) -> None:
+    ensure_broker()
+
+
+@signals.worker_ready.connect
+def _relay_on_start(**_: Any) -> None:
+    # Messages committed to the outbox while no worker or broker was up go out now, not at the next tick.
+    from hitl.outbox import relay
+
+    relay(grace_seconds=0)

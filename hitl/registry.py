@@ -1,0 +1,93 @@
+"""The registry of workflows: a name, a function that builds the Celery canvas, and an optional input model."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Signature
+from pydantic import BaseModel, ValidationError
+
+from approvals.errors import InvalidPayload, UnknownWorkflow
+from hitl.settings import get_settings
+
+Builder = Callable[[Any], Signature]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A registered workflow: ``build(payload)`` returns the canvas a run executes."""
+
+    name: str
+    build: Builder
+    input_model: type[BaseModel] | None
+    description: str
+
+    def validate(self, payload: Any) -> Any:
+        """Return ``payload`` validated by ``input_model`` (as JSON-mode data), or unchanged without one.
+
+        Raises:
+            InvalidPayload: the payload fails the input model, with pydantic's messages.
+        """
+        if self.input_model is None:
+            return payload
+        try:
+            return self.input_model.model_validate(payload).model_dump(mode="json")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidPayload(f"payload for workflow {self.name!r} is invalid: {problems}") from exc
+
+
+_workflows: dict[str, Workflow] = {}
+
+
+def workflow(name: str, *, input: type[BaseModel] | None = None) -> Callable[[Builder], Builder]:
+    """Register the decorated function as the builder of workflow ``name``.
+
+    The function takes the (validated) payload and returns a Celery canvas: a linear chain of steps that may
+    contain :func:`hitl.wait_for_approval` signatures. With ``input``, payloads are validated by that pydantic
+    model before the run is created, and the builder receives the model's JSON-mode dump.
+
+    Example::
+
+        @hitl.workflow("content-review", input=ReviewRequest)
+        def content_review(payload):
+            return draft.s(payload) | hitl.wait_for_approval.s(key="editor-review", timeout="1h") | publish.s()
+    """
+
+    def register(fn: Builder) -> Builder:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _workflows[name] = Workflow(name, fn, input, doc[0] if doc else "")
+        return fn
+
+    return register
+
+
+def load_workflows() -> None:
+    """Import ``HITL_WORKFLOW_MODULES`` so their workflows are registered."""
+    for module in get_settings().workflow_modules:
+        importlib.import_module(module)
+
+
+def get_workflow(name: str) -> Workflow:
+    """Return the workflow registered as ``name``.
+
+    Raises:
+        UnknownWorkflow: nothing is registered under ``name`` (the message lists what is).
+    """
+    load_workflows()
+    try:
+        return _workflows[name]
+    except KeyError:
+        known = ", ".join(sorted(_workflows)) or "none"
+        raise UnknownWorkflow(f"no workflow named {name!r} (registered: {known})") from None
+
+
+def all_workflows() -> list[Workflow]:
+    """Return every registered workflow, sorted by name."""
+    load_workflows()
+    return [_workflows[n] for n in sorted(_workflows)]

@@ -1,0 +1,59 @@
+"""hitl's settings: one pydantic-settings object read from ``HITL_*`` environment variables.
+
+``celeryconfig.py``, the CLI and the engine all read :func:`get_settings`. Durations are in seconds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A wait declared without a timeout gets this deadline (seconds): one day. Never "forever": a wait whose
+#: run was forgotten would otherwise stay pending for good (the orphaned-wait trap of hosted tools).
+DEFAULT_WAIT_TIMEOUT_SECONDS = 24 * 3600
+
+
+class Settings(BaseSettings):
+    """Every setting, with its ``HITL_`` environment variable (``home`` is ``HITL_HOME`` and so on)."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore")
+
+    home: Path = Field(Path(".hitl"), description="Folder of the embedded SQLite file, broker and beat state.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in HITL_HOME.")
+    broker_url: str | None = Field(None, description="Celery broker URL; default: the embedded Redis server.")
+    workflow_modules: list[str] = Field(["tasks"], description="Modules that define workflows and beat jobs.")
+    default_timeout: float = Field(DEFAULT_WAIT_TIMEOUT_SECONDS, gt=0,
+                                   description="Deadline (s) of a wait declared without one.")
+    sweep_interval: float = Field(2.0, gt=0, description="Seconds between deadline sweeps on beat.")
+    relay_interval: float = Field(10.0, gt=0, description="Seconds between outbox relay passes on beat.")
+    relay_grace: float = Field(5.0, ge=0, description="Seconds an unsent outbox row may wait before the relay sends it.")
+    digest_cron: str = Field("0 * * * *", description="Crontab (m h dom mon dow, UTC) of the pending-approvals digest.")
+    digest_age: float = Field(3600.0, gt=0, description="Age (s) after which a pending approval is listed in the digest.")
+    max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload or decision data, in bytes of JSON.")
+    sweep_batch: int = Field(500, gt=0, description="Approvals timed out per sweep transaction.")
+
+    @property
+    def home_dir(self) -> Path:
+        """``home`` as an absolute path, created if missing."""
+        path = self.home.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: ``database_url`` or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.home_dir / 'hitl.db'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no broker URL is set and hitl runs its own Redis server."""
+        return not self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,145 @@
+"""Steps: Celery tasks that know their run. The wait step is one of them.
+
+A step is an ordinary Celery task whose base class is :class:`Step`. Before its body runs it checks its run
+(a cancelled or finished run's step does nothing); after, it appends to the run's timeline and, when it was
+the last task of the chain, marks the run succeeded. A :class:`~approvals.schemas.Decision` arrives as the
+parsed model, not a dict. Raise :class:`Stop` to end a run with another status.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery import Signature, Task, chain, signature
+from celery.exceptions import Ignore
+
+from approvals.errors import InvalidPayload
+from approvals.models import utcnow
+from approvals.schemas import DECISION_TAG, Decision
+from approvals.status import RunStatus
+from hitl import runs
+from hitl.app import app
+from hitl.canvas import RUN_ID_KWARG, bind_run
+from hitl.jsonsafe import jsonable
+
+
+class Stop(Exception):  # noqa: N818 - control flow, not an error
+    """Raised inside a step to end its run now with ``status`` (e.g. rejected) and ``result``.
+
+    The rest of the chain is not run. ``reason`` is recorded as the run's error text.
+    """
+
+    def __init__(self, status: RunStatus | str, result: Any = None, reason: str | None = None) -> None:
+        self.status = RunStatus(status)
+        if not self.status.terminal:
+            raise ValueError(f"Stop needs a terminal status, not {self.status.value}")
+        self.result = result
+        self.reason = reason
+        super().__init__(f"run stopped as {self.status.value}")
+
+
+def _revive(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") == DECISION_TAG:
+        return Decision.model_validate(value)
+    return value
+
+
+class Step(Task):  # type: ignore[misc]
+    """Base class of hitl steps (see module docstring). Use :func:`step` rather than this directly."""
+
+    #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
+    #: which :meth:`__call__` removes unless the function declares it, so that check is off.
+    typing = False
+    _accepts_run_id: bool | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run_id = kwargs.pop(RUN_ID_KWARG, None)
+        if run_id is None or self.request.called_directly:
+            return self.run(*args, **kwargs)
+        request = self.request
+        started = utcnow()
+        if not runs.begin_step(run_id, self.name, request.id):
+            request.chain = None
+            request.callbacks = None
+            return None
+        if self._wants_run_id():
+            kwargs[RUN_ID_KWARG] = run_id
+        try:
+            result = jsonable(self.run(*[_revive(a) for a in args], **kwargs))
+        except Stop as stop:
+            request.chain = None
+            result = jsonable(stop.result)
+            runs.end_run(run_id, stop.status, result, step=self.name, task_id=request.id, started_at=started,
+                         reason=stop.reason)
+            return result
+        except Ignore:  # replaced by another canvas (Task.replace): this step is done, the run goes on
+            runs.finish_step(run_id, self.name, request.id, started, None, end_of_chain=False)
+            raise
+        if request.get("hitl_waiting"):
+            return result
+        end = not request.chain and not request.callbacks
+        runs.finish_step(run_id, self.name, request.id, started, result, end_of_chain=end)
+        return result
+
+    def _wants_run_id(self) -> bool:
+        if self._accepts_run_id is None:
+            params = inspect.signature(self.run).parameters
+            type(self)._accepts_run_id = RUN_ID_KWARG in params or any(
+                p.kind is p.VAR_KEYWORD for p in params.values())
+        return bool(self._accepts_run_id)
+
+    def replace(self, sig: Signature) -> Any:
+        """Replace this step with ``sig`` (Celery's ``Task.replace``), binding ``sig`` to this step's run."""
+        run_id = (self.request.kwargs or {}).get(RUN_ID_KWARG)
+        if run_id is not None:
+            sig = chain(*[signature(d, app=self.app) for d in bind_run(sig, run_id)])
+        return super().replace(sig)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        run_id = (kwargs or {}).get(RUN_ID_KWARG)
+        if run_id is not None:
+            runs.fail_step(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
+
+
+def step(*args: Any, **options: Any) -> Any:
+    """Declare a step: ``@hitl.step`` or ``@hitl.step(name=..., max_retries=...)``.
+
+    Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...). The task
+    gets ``base=Step``. A function that declares a ``run_id`` parameter receives its run's id.
+    """
+    options.setdefault("base", Step)
+    if args and callable(args[0]) and len(args) == 1 and not options.keys() - {"base"}:
+        return app.task(**options)(args[0])
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return app.task(*args, **options)(fn)
+
+    return decorate
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: str | float | int | timedelta) -> timedelta:
+    """Parse a duration: a number of seconds, a ``timedelta``, or ``"90s"``, ``"15m"``, ``"1h"``, ``"2d"``, ``"1w"``.
+
+    Raises:
+        InvalidPayload: the value is not a positive duration in one of these forms.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise InvalidPayload(f"not a duration: {value!r} (use seconds or 30s, 15m, 1h, 2d, 1w)")
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0:
+        raise InvalidPayload(f"a duration must be positive, not {value!r}")
+    return timedelta(seconds=seconds)
