@@ -42,9 +42,13 @@ class ProductPatch(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> ProductPatch:
-        if not self.model_fields_set:
+        if not self.values():
             raise ValueError("a change must set at least one of name, price, stock")
         return self
+
+    def values(self) -> dict[str, Any]:
+        """The fields this patch sets (``None`` means "leave as is"), JSON-mode."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
 
 
 class RowChange(BaseModel):
@@ -93,8 +97,7 @@ def plan_change(request: dict[str, Any]) -> dict[str, Any]:
             if product is None:
                 raise hitl.Stop(hitl.RunStatus.FAILED, reason=f"no product with sku {change.sku!r}; nothing asked")
             before = _row(product)
-            patch = change.set.model_dump(mode="json", exclude_unset=True)
-            after = {**before, **{k: str(v) if k == "price" else v for k, v in patch.items()}}
+            after = {**before, **change.set.values()}
             diff.append({"sku": change.sku, "before": before, "after": after,
                          "changed": sorted(k for k in FIELDS if before[k] != after[k])})
     return {"table": req.table, "requested_by": req.requested_by, "reason": req.reason, "rows": diff}

@@ -1,0 +1,7 @@
+"""``python -m hitl``: the same as the ``hitl`` command."""
+
+from __future__ import annotations
+
+from hitl.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""CLI commands that run services: worker, beat, flower, dev, demo, and the embedded broker and database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import click
+
+from hitl.cli import CONTEXT, HitlGroup, cli, json_option
+
+
+def _exec_celery(*args: str) -> None:
+    from hitl.broker import ensure_broker
+    from hitl.procs import celery_argv
+
+    ensure_broker()
+    argv = celery_argv(*args)
+    os.execv(argv[0], argv)
+
+
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, help="Worker processes.")
+@click.option("--loglevel", "-l", default="INFO", help="Celery log level.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker for hitl (extra arguments go to `celery worker`)."""
+    _exec_celery("worker", "--concurrency", str(concurrency), "--loglevel", loglevel, "--events", *celery_args)
+
+
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--loglevel", "-l", default="INFO", help="Celery log level.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat: deadline sweep, outbox relay and cron jobs (extra arguments go to `celery beat`)."""
+    _exec_celery("beat", "--loglevel", loglevel, *celery_args)
+
+
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Flower to watch workers and steps live (extra arguments go to `celery flower`, e.g. --port=5555)."""
+    _exec_celery("flower", *flower_args)
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, help="Worker processes.")
+def dev(concurrency: int) -> None:
+    """Run the embedded broker, a worker and beat in this terminal until Ctrl-C.
+
+    Use a second terminal for `hitl start`, `hitl approvals list`, `hitl approve`.
+    """
+    from hitl.broker import broker_url, ensure_broker
+    from hitl.db import get_engine
+    from hitl.procs import start_beat, start_worker
+    from hitl.settings import get_settings
+
+    settings = get_settings()
+    ensure_broker()
+    get_engine()
+    click.echo(f"hitl dev: broker {broker_url()}, database {settings.resolved_database_url}")
+    services = [start_worker(None, concurrency=concurrency), start_beat(None)]
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping and all(s.proc.poll() is None for s in services):
+            time.sleep(0.2)
+    finally:
+        for s in services:
+            s.stop()
+    click.echo("hitl dev: stopped worker and beat (the broker keeps running; `hitl broker stop` stops it)")
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=10), default=120.0, help="Give up after this many seconds.")
+@click.option("--examples", type=click.Path(exists=True, file_okay=False), default="examples",
+              help="Folder holding demo.json and the payloads it names.")
+def demo(timeout: float, examples: str) -> None:
+    """Run the sample workflows end to end on the embedded default and check every outcome.
+
+    Starts a broker, a worker and beat, starts the workflows in examples/demo.json, approves and rejects
+    through the same completion path as `hitl approve`, lets one time out through beat, prints every run's
+    final status and timeline, and stops what it started. Exit 0 when every run ended as expected.
+    Its database, broker and logs live in HITL_HOME/demo, emptied at the start and kept afterwards:
+    `hitl --home .hitl/demo runs list` shows the runs again.
+    """
+    from hitl.demo import run_demo
+
+    raise SystemExit(run_demo(examples, timeout))
+
+
+# ---------------------------------------------------------------- broker and database
+
+@cli.group(cls=HitlGroup, context_settings=CONTEXT)
+def broker() -> None:
+    """The embedded Redis broker (used when HITL_BROKER_URL is unset)."""
+
+
+@broker.command("start")
+def broker_start() -> None:
+    """Start the embedded broker if it is not running."""
+    from hitl.broker import ensure_broker
+
+    click.echo(ensure_broker())
+
+
+@broker.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded broker (queued messages are kept in its append-only file)."""
+    from hitl.broker import stop_broker
+
+    click.echo("stopped" if stop_broker() else "not running")
+
+
+@broker.command("status")
+@json_option
+def broker_status(as_json: bool) -> None:
+    """Say whether the broker in force is embedded and running, and its URL."""
+    from hitl.broker import broker_url, is_running
+    from hitl.render import print_json
+    from hitl.settings import get_settings
+
+    embedded = get_settings().embedded_broker
+    running = is_running() if embedded else None
+    if as_json:
+        print_json({"url": broker_url(), "embedded": embedded, "running": running})
+    else:
+        state = ("running" if running else "not running") if embedded else "external"
+        click.echo(f"{broker_url()} ({state})")
+
+
+@cli.group(cls=HitlGroup, context_settings=CONTEXT)
+def db() -> None:
+    """The database hitl keeps its runs, approvals, decisions and outbox in."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create hitl's tables if they are missing."""
+    from hitl.db import create_schema
+    from hitl.settings import get_settings
+
+    create_schema()
+    click.echo(f"tables ready in {get_settings().resolved_database_url}")
+
+
+@cli.command()
+@json_option
+def sweep(as_json: bool) -> None:
+    """Time out due approvals now (beat does this every HITL_SWEEP_INTERVAL seconds)."""
+    from hitl.completion import sweep_deadlines
+    from hitl.render import print_json
+
+    done = sweep_deadlines()
+    print_json({"timed_out": done}) if as_json else click.echo(f"{done} approval(s) timed out")
+
+
+@cli.command()
+@json_option
+def relay(as_json: bool) -> None:
+    """Send outbox messages left unsent (beat does this every HITL_RELAY_INTERVAL seconds)."""
+    from hitl.outbox import relay as relay_now
+    from hitl.render import print_json
+
+    sent = relay_now(grace_seconds=0)
+    print_json({"sent": sent}) if as_json else click.echo(f"{sent} message(s) sent")
