@@ -61,7 +61,9 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
                                   RunStatus.CANCELLED}),
     RunStatus.RUNNING: frozenset({RunStatus.WAITING, RunStatus.SUCCEEDED, RunStatus.FAILED,
                                   RunStatus.REJECTED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}),
-    RunStatus.WAITING: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    # A resolved waitpoint with nothing after it ends the run directly with the outcome.
+    RunStatus.WAITING: frozenset({RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.REJECTED,
+                                  RunStatus.TIMED_OUT, RunStatus.CANCELLED}),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.REJECTED: frozenset(),
     RunStatus.TIMED_OUT: frozenset(),
