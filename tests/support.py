@@ -34,10 +34,12 @@ def point_process_at(env: dict[str, str]) -> None:
     """Make this (test) process use the settings in ``env``: same database and broker as the services."""
     os.environ.update(env)
     from hitl import db
+    from hitl.app import reconfigure
     from hitl.settings import get_settings
 
     get_settings.cache_clear()
     db.reset_engine()
+    reconfigure()
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
