@@ -34,11 +34,9 @@ def reconfigure() -> None:
     """Re-read the broker URL from the settings in force, after this process changed ``HITL_*`` variables.
 
     For embedding and tests: a process normally reads its settings once, when ``celeryconfig`` is imported.
-    Open broker connections are closed; the next publish connects to the new URL.
+    The broker connection pools are dropped; the next publish connects to the new URL.
     """
     from hitl.broker import broker_url
 
-    if app._pool is not None:
-        app._pool.force_close_all()
     app.conf.broker_url = broker_url()
     app._after_fork()  # Celery's own reset of the connection and producer pools

@@ -1,0 +1,98 @@
+"""The `hitl` command as a user meets it: help, exit codes, JSON output, and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, hitl_cli
+
+pytestmark = pytest.mark.acceptance
+
+COMMANDS = [
+    [], ["start"], ["workflows"], ["approvals"], ["approvals", "list"], ["approvals", "show"], ["approve"],
+    ["reject"], ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "cancel"], ["worker"], ["beat"],
+    ["flower"], ["dev"], ["demo"], ["broker"], ["broker", "status"], ["db"], ["db", "init"], ["sweep"], ["relay"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hitl")
+def test_every_command_has_help(command: list[str]) -> None:
+    res = hitl_cli(*command, "--help")
+    assert res.code == 0, res.err
+    assert "Usage: hitl" in res.out
+    assert len(res.out.splitlines()) > 3
+
+
+def test_help_names_environment_variables() -> None:
+    top = hitl_cli("--help").out
+    for var in ("HITL_HOME", "HITL_DATABASE_URL", "HITL_BROKER_URL"):
+        assert var in top
+    assert "HITL_ACTOR" in hitl_cli("approve", "--help").out
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    env = {"HITL_HOME": str(tmp_path)}
+    assert hitl_cli("approve", env=env).code == 2  # missing argument
+    assert hitl_cli("approve", "abc", env=env).code == 2  # missing --by
+    res = hitl_cli("start", "gate", "--payload", "{nope", env=env)
+    assert res.code == 2 and res.err.startswith("error: --payload is not valid JSON")
+    res = hitl_cli("approvals", "list", "--status", "bogus", env=env)
+    assert res.code == 2
+
+
+def test_unknown_workflow_is_a_clear_error(tmp_path: Path) -> None:
+    res = hitl_cli("start", "no-such-flow", env={"HITL_HOME": str(tmp_path)})
+    assert res.code == 1
+    assert res.err.strip() == "error: no workflow named 'no-such-flow' (registered: content-review, db-change)"
+
+
+def test_read_commands_print_json(tmp_path: Path) -> None:
+    env = {"HITL_HOME": str(tmp_path)}
+    assert hitl_cli("approvals", "list", "--json", env=env).json() == []
+    assert hitl_cli("runs", "list", "--json", env=env).json() == []
+    flows = hitl_cli("workflows", "--json", env=env).json()["workflows"]
+    by_name = {f["name"]: f for f in flows}
+    assert set(by_name) == {"content-review", "db-change"}
+    assert "topic" in by_name["content-review"]["input_schema"]["properties"]
+    status = hitl_cli("broker", "status", "--json", env=env).json()
+    assert status == {"url": f"redis+socket://{tmp_path / 'redis.sock'}", "embedded": True, "running": False}
+
+
+def test_python_dash_m_hitl_is_the_same_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "hitl", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "version" in proc.stdout
+
+
+def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
+    """README command 1: real broker, worker and beat; every scripted run ends as expected."""
+    proc = subprocess.run([sys.executable, "-m", "hitl", "--home", str(tmp_path), "demo",
+                           "--examples", str(ROOT / "examples")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert "demo passed" in proc.stdout
+    plan = json.loads((ROOT / "examples" / "demo.json").read_text())["runs"]
+    assert proc.stdout.count(" yes") >= len(plan)
+    for status in ("succeeded", "rejected", "timed_out"):
+        assert status in proc.stdout
+    # It stopped what it started: the broker no longer answers, no worker or beat of it is left.
+    demo_home = tmp_path / "demo"
+    assert not (demo_home / "redis.sock").exists() or hitl_cli(
+        "broker", "status", "--json", env={"HITL_HOME": str(demo_home)}).json()["running"] is False
+    assert processes_with_env(f"HITL_HOME={demo_home}") == []
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of live processes whose environment holds ``entry`` (the demo's worker and beat carry its home)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() + b"\0" in environ.read_bytes() + b"\0":
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
