@@ -8,7 +8,7 @@ their string values and read back as enums.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy import Enum as SqlEnum
@@ -45,14 +45,19 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind]) -> SqlEnum:
     """A portable VARCHAR column holding the enum's values (no native ENUM type, no CHECK constraint)."""
-    return SqlEnum(enum, native_enum=False, create_constraint=False, length=32,
-                   values_callable=lambda members: [m.value for m in members])
+    return SqlEnum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 class Base(DeclarativeBase):
     """Declarative base of hitl's own tables."""
 
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Run(Base):

@@ -38,7 +38,7 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    type: Literal["hitl.decision"] = DECISION_TAG
+    type: Literal["hitl.decision"] = "hitl.decision"
     approval_id: str
     run_id: str
     key: str

@@ -56,14 +56,31 @@ class EventKind(StrEnum):
 
 
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.PENDING: frozenset({RunStatus.RUNNING, RunStatus.WAITING, RunStatus.SUCCEEDED,
-                                  RunStatus.FAILED, RunStatus.REJECTED, RunStatus.TIMED_OUT,
-                                  RunStatus.CANCELLED}),
-    RunStatus.RUNNING: frozenset({RunStatus.WAITING, RunStatus.SUCCEEDED, RunStatus.FAILED,
-                                  RunStatus.REJECTED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}),
+    RunStatus.PENDING: frozenset(
+        {
+            RunStatus.RUNNING,
+            RunStatus.WAITING,
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.REJECTED,
+            RunStatus.TIMED_OUT,
+            RunStatus.CANCELLED,
+        }
+    ),
+    RunStatus.RUNNING: frozenset(
+        {
+            RunStatus.WAITING,
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.REJECTED,
+            RunStatus.TIMED_OUT,
+            RunStatus.CANCELLED,
+        }
+    ),
     # A resolved waitpoint with nothing after it ends the run directly with the outcome.
-    RunStatus.WAITING: frozenset({RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.REJECTED,
-                                  RunStatus.TIMED_OUT, RunStatus.CANCELLED}),
+    RunStatus.WAITING: frozenset(
+        {RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.REJECTED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+    ),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.REJECTED: frozenset(),
     RunStatus.TIMED_OUT: frozenset(),
@@ -72,8 +89,9 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 APPROVAL_TRANSITIONS: dict[ApprovalStatus, frozenset[ApprovalStatus]] = {
-    ApprovalStatus.PENDING: frozenset({ApprovalStatus.APPROVED, ApprovalStatus.REJECTED,
-                                       ApprovalStatus.TIMED_OUT, ApprovalStatus.CANCELLED}),
+    ApprovalStatus.PENDING: frozenset(
+        {ApprovalStatus.APPROVED, ApprovalStatus.REJECTED, ApprovalStatus.TIMED_OUT, ApprovalStatus.CANCELLED}
+    ),
     ApprovalStatus.APPROVED: frozenset(),
     ApprovalStatus.REJECTED: frozenset(),
     ApprovalStatus.TIMED_OUT: frozenset(),

@@ -54,7 +54,11 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
 
 
 def resolve_approval(
-    session: Session, approval_id: str, target: ApprovalStatus, *, before_deadline: datetime | None = None,
+    session: Session,
+    approval_id: str,
+    target: ApprovalStatus,
+    *,
+    before_deadline: datetime | None = None,
     due_by: datetime | None = None,
 ) -> bool:
     """Move approval ``approval_id`` from pending to ``target``.
@@ -70,9 +74,7 @@ def resolve_approval(
     Returns:
         True if this call made the change.
     """
-    stmt = update(Approval).where(
-        Approval.id == approval_id, Approval.status.in_(approval_sources(target))
-    )
+    stmt = update(Approval).where(Approval.id == approval_id, Approval.status.in_(approval_sources(target)))
     if before_deadline is not None:
         stmt = stmt.where(Approval.deadline > before_deadline)
     if due_by is not None:
@@ -83,17 +85,15 @@ def resolve_approval(
 
 def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
     """Cancel every pending approval of run ``run_id``; return the ids cancelled by this call."""
-    ids = list(session.scalars(
-        select(Approval.id).where(Approval.run_id == run_id, Approval.status == ApprovalStatus.PENDING)
-    ))
+    ids = list(
+        session.scalars(select(Approval.id).where(Approval.run_id == run_id, Approval.status == ApprovalStatus.PENDING))
+    )
     return [i for i in ids if resolve_approval(session, i, ApprovalStatus.CANCELLED)]
 
 
 def why_not_pending(session: Session, approval_id: str, now: datetime) -> HitlError:
     """Explain why a decision on ``approval_id`` lost its compare-and-set, for the error shown to the user."""
-    row = session.execute(
-        select(Approval.status, Approval.deadline).where(Approval.id == approval_id)
-    ).one_or_none()
+    row = session.execute(select(Approval.status, Approval.deadline).where(Approval.id == approval_id)).one_or_none()
     if row is None:
         return ApprovalNotFound(f"no approval has id {approval_id!r}")
     status, deadline = row

@@ -9,6 +9,7 @@ a daemon until ``hitl broker stop``. Starting is guarded by a file lock: many pr
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -123,13 +124,20 @@ def _start(settings: Settings, ep: Endpoint) -> None:
         ep.socket_path.unlink(missing_ok=True)
     args = [
         server_binary(),
-        "--daemonize", "yes",
-        "--dir", str(home),
-        "--pidfile", str(home / "redis.pid"),
-        "--logfile", str(home / "redis.log"),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(home),
+        "--pidfile",
+        str(home / "redis.pid"),
+        "--logfile",
+        str(home / "redis.log"),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
     ]
     if ep.socket_path is not None:
         args += ["--port", "0", "--unixsocket", str(ep.socket_path), "--unixsocketperm", "700"]
@@ -152,12 +160,13 @@ def stop_broker(settings: Settings | None = None) -> bool:
         return False
     import redis
 
-    client = (redis.Redis(unix_socket_path=str(ep.socket_path)) if ep.socket_path
-              else redis.Redis(host="127.0.0.1", port=ep.port or 0))
-    try:
+    client = (
+        redis.Redis(unix_socket_path=str(ep.socket_path))
+        if ep.socket_path
+        else redis.Redis(host="127.0.0.1", port=ep.port or 0)
+    )
+    with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it exits
         client.shutdown(nosave=False)
-    except redis.ConnectionError:
-        pass  # the server closes the connection as it exits
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline and _ping(ep, timeout=0.2):
         time.sleep(0.05)

@@ -8,7 +8,6 @@ payload that fails its schema).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,8 +34,9 @@ class HitlGroup(click.Group):
         except Exception as exc:
             if os.environ.get("HITL_DEBUG"):
                 raise
-            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (HITL_DEBUG=1 shows the traceback)",
-                       err=True)
+            click.echo(
+                f"error: internal error: {type(exc).__name__}: {exc} (HITL_DEBUG=1 shows the traceback)", err=True
+            )
             ctx.exit(1)
 
 
@@ -48,7 +48,7 @@ def json_option(fn: F) -> F:
 def _set_env(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     # Global options are settings: export them so worker and beat children see the same values.
     if value is not None:
-        os.environ[f"HITL_{param.name.upper()}"] = str(value)  # type: ignore[union-attr]
+        os.environ[f"HITL_{(param.name or '').upper()}"] = str(value)
         from hitl.settings import get_settings
 
         get_settings.cache_clear()
@@ -56,12 +56,33 @@ def _set_env(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 @click.group(cls=HitlGroup, context_settings=CONTEXT)
-@click.option("--home", envvar="HITL_HOME", show_envvar=True, callback=_set_env, expose_value=False,
-              is_eager=True, help="Folder of the embedded database, broker and beat state. [default: .hitl]")
-@click.option("--database-url", envvar="HITL_DATABASE_URL", show_envvar=True, callback=_set_env,
-              expose_value=False, is_eager=True, help="SQLAlchemy database URL. [default: SQLite file in home]")
-@click.option("--broker-url", envvar="HITL_BROKER_URL", show_envvar=True, callback=_set_env, expose_value=False,
-              is_eager=True, help="Celery broker URL. [default: embedded Redis server in home]")
+@click.option(
+    "--home",
+    envvar="HITL_HOME",
+    show_envvar=True,
+    callback=_set_env,
+    expose_value=False,
+    is_eager=True,
+    help="Folder of the embedded database, broker and beat state. [default: .hitl]",
+)
+@click.option(
+    "--database-url",
+    envvar="HITL_DATABASE_URL",
+    show_envvar=True,
+    callback=_set_env,
+    expose_value=False,
+    is_eager=True,
+    help="SQLAlchemy database URL. [default: SQLite file in home]",
+)
+@click.option(
+    "--broker-url",
+    envvar="HITL_BROKER_URL",
+    show_envvar=True,
+    callback=_set_env,
+    expose_value=False,
+    is_eager=True,
+    help="Celery broker URL. [default: embedded Redis server in home]",
+)
 @click.version_option(package_name="hitl")
 def cli() -> None:
     """Human-in-the-loop approvals for Celery.
@@ -103,9 +124,18 @@ def workflows(as_json: bool) -> None:
 
     found = all_workflows()
     if as_json:
-        print_json({"workflows": [{"name": w.name, "description": w.description,
-                                   "input_schema": w.input_model.model_json_schema() if w.input_model else None}
-                                  for w in found]})
+        print_json(
+            {
+                "workflows": [
+                    {
+                        "name": w.name,
+                        "description": w.description,
+                        "input_schema": w.input_model.model_json_schema() if w.input_model else None,
+                    }
+                    for w in found
+                ]
+            }
+        )
         return
     for w in found:
         click.echo(f"{w.name:20} {w.description}")
@@ -128,14 +158,20 @@ def approvals() -> None:
 @click.option("--older-than", type=click.FloatRange(min=0), metavar="SECONDS", help="Only approvals at least this old.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, help="At most this many, oldest first.")
 @json_option
-def approvals_list(status: str, workflow: str | None, run_id: str | None, older_than: float | None, limit: int,
-                   as_json: bool) -> None:
+def approvals_list(
+    status: str, workflow: str | None, run_id: str | None, older_than: float | None, limit: int, as_json: bool
+) -> None:
     """List approvals, oldest first (pending ones by default)."""
     import hitl
     from hitl.render import approvals_table, console, print_json
 
-    rows = hitl.list_approvals(status=None if status == "all" else ApprovalStatus(status), workflow=workflow,
-                               run_id=run_id, older_than=older_than, limit=limit)
+    rows = hitl.list_approvals(
+        status=None if status == "all" else ApprovalStatus(status),
+        workflow=workflow,
+        run_id=run_id,
+        older_than=older_than,
+        limit=limit,
+    )
     if as_json:
         print_json(rows)
     elif rows:
@@ -156,8 +192,7 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
     print_json(view) if as_json else show_approval(view)
 
 
-def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, data: str | None,
-            as_json: bool) -> None:
+def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, data: str | None, as_json: bool) -> None:
     from hitl.completion import decide
     from hitl.jsonsafe import parse_json_object
     from hitl.render import print_json
@@ -170,8 +205,9 @@ def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, dat
         click.echo(f"{approval_id} {decision.outcome.value} by {decision.actor}; run {decision.run_id} resumes")
 
 
-ACTOR = click.option("--by", "actor", envvar="HITL_ACTOR", show_envvar=True, required=True,
-                     help="Who decides (recorded as the decider).")
+ACTOR = click.option(
+    "--by", "actor", envvar="HITL_ACTOR", show_envvar=True, required=True, help="Who decides (recorded as the decider)."
+)
 DATA = click.option("--data", metavar="JSON|@FILE", help="A JSON object passed to the continuation.")
 
 
@@ -198,6 +234,7 @@ def reject(approval_id: str, actor: str, reason: str, data: str | None, as_json:
 
 
 # ---------------------------------------------------------------- runs
+
 
 @cli.group(cls=HitlGroup, context_settings=CONTEXT)
 def runs() -> None:
@@ -260,4 +297,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -27,12 +27,22 @@ from hitl.jsonsafe import check_size
 
 #: Actor recorded on decisions made by the deadline sweep.
 DEADLINE_ACTOR = "hitl:deadline"
-_TERMINAL_FOR = {Outcome.APPROVED: RunStatus.SUCCEEDED, Outcome.REJECTED: RunStatus.REJECTED,
-                 Outcome.TIMED_OUT: RunStatus.TIMED_OUT}
+_TERMINAL_FOR = {
+    Outcome.APPROVED: RunStatus.SUCCEEDED,
+    Outcome.REJECTED: RunStatus.REJECTED,
+    Outcome.TIMED_OUT: RunStatus.TIMED_OUT,
+}
 
 
-def decide(approval_id: str, outcome: Outcome | str, *, actor: str, comment: str | None = None,
-           data: dict[str, Any] | None = None, channel: str = "api") -> Decision:
+def decide(
+    approval_id: str,
+    outcome: Outcome | str,
+    *,
+    actor: str,
+    comment: str | None = None,
+    data: dict[str, Any] | None = None,
+    channel: str = "api",
+) -> Decision:
     """Record a person's decision on a pending approval and resume its run.
 
     Args:
@@ -75,14 +85,21 @@ def decide(approval_id: str, outcome: Outcome | str, *, actor: str, comment: str
     return decision
 
 
-def approve(approval_id: str, *, actor: str, comment: str | None = None,
-            data: dict[str, Any] | None = None, channel: str = "api") -> Decision:
+def approve(
+    approval_id: str,
+    *,
+    actor: str,
+    comment: str | None = None,
+    data: dict[str, Any] | None = None,
+    channel: str = "api",
+) -> Decision:
     """Approve a pending approval; see :func:`decide` for arguments and errors."""
     return decide(approval_id, Outcome.APPROVED, actor=actor, comment=comment, data=data, channel=channel)
 
 
-def reject(approval_id: str, *, actor: str, reason: str | None = None,
-           data: dict[str, Any] | None = None, channel: str = "api") -> Decision:
+def reject(
+    approval_id: str, *, actor: str, reason: str | None = None, data: dict[str, Any] | None = None, channel: str = "api"
+) -> Decision:
     """Reject a pending approval with ``reason`` (passed as the comment); see :func:`decide`."""
     return decide(approval_id, Outcome.REJECTED, actor=actor, comment=reason, data=data, channel=channel)
 
@@ -96,9 +113,14 @@ def sweep_deadlines(limit: int = 500) -> int:
     """
     now = utcnow()
     with session_scope() as s:
-        ids = list(s.scalars(select(Approval.id)
-                             .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
-                             .order_by(Approval.deadline).limit(limit)))
+        ids = list(
+            s.scalars(
+                select(Approval.id)
+                .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+                .order_by(Approval.deadline)
+                .limit(limit)
+            )
+        )
     if not ids:
         return 0
     sent: list[int] = []
@@ -109,24 +131,63 @@ def sweep_deadlines(limit: int = 500) -> int:
                 continue
             approval = s.get_one(Approval, approval_id)
             outcome, defaulted = timeout_outcome(approval)
-            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, {}, "deadline", now,
-                               defaulted=defaulted)
+            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, {}, "deadline", now, defaulted=defaulted)
             sent += _resume(s, approval, decision)
             done += 1
     outbox.dispatch(sent)
     return done
 
 
-def _record(s: Session, approval: Approval, outcome: Outcome, actor: str, comment: str | None,
-            data: dict[str, Any], channel: str, now: datetime, *, defaulted: bool) -> Decision:
-    s.add(DecisionRecord(approval_id=approval.id, outcome=outcome.value, data=data, actor=actor,
-                         comment=comment, channel=channel, decided_at=now))
-    s.add(RunEvent(run_id=approval.run_id, kind=EventKind.RESOLVED, name=approval.key,
-                   detail={"approval_id": approval.id, "outcome": outcome.value, "actor": actor,
-                           "comment": comment, "channel": channel, "defaulted": defaulted}))
-    return Decision(approval_id=approval.id, run_id=approval.run_id, key=approval.key, outcome=outcome,
-                    subject=approval.subject, data=data, actor=actor, comment=comment, decided_at=now,
-                    defaulted=defaulted)
+def _record(
+    s: Session,
+    approval: Approval,
+    outcome: Outcome,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any],
+    channel: str,
+    now: datetime,
+    *,
+    defaulted: bool,
+) -> Decision:
+    s.add(
+        DecisionRecord(
+            approval_id=approval.id,
+            outcome=outcome.value,
+            data=data,
+            actor=actor,
+            comment=comment,
+            channel=channel,
+            decided_at=now,
+        )
+    )
+    s.add(
+        RunEvent(
+            run_id=approval.run_id,
+            kind=EventKind.RESOLVED,
+            name=approval.key,
+            detail={
+                "approval_id": approval.id,
+                "outcome": outcome.value,
+                "actor": actor,
+                "comment": comment,
+                "channel": channel,
+                "defaulted": defaulted,
+            },
+        )
+    )
+    return Decision(
+        approval_id=approval.id,
+        run_id=approval.run_id,
+        key=approval.key,
+        outcome=outcome,
+        subject=approval.subject,
+        data=data,
+        actor=actor,
+        comment=comment,
+        decided_at=now,
+        defaulted=defaulted,
+    )
 
 
 def _resume(s: Session, approval: Approval, decision: Decision) -> list[int]:

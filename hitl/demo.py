@@ -48,8 +48,7 @@ def _isolate(home: Path) -> None:
     """Point this process (and the children it starts) at a fresh embedded home for the demo."""
     for var in ("HITL_DATABASE_URL", "HITL_BROKER_URL"):
         os.environ.pop(var, None)
-    os.environ.update(HITL_HOME=str(home), HITL_SWEEP_INTERVAL="1", HITL_RELAY_INTERVAL="2",
-                      HITL_RELAY_GRACE="1")
+    os.environ.update(HITL_HOME=str(home), HITL_SWEEP_INTERVAL="1", HITL_RELAY_INTERVAL="2", HITL_RELAY_GRACE="1")
     get_settings.cache_clear()
     db.reset_engine()
     broker.stop_broker()  # a broker left running by an earlier demo
@@ -77,8 +76,9 @@ def _drive(plan: list[dict[str, Any]], run_ids: list[str], timeout: float) -> bo
                     d = queue.popleft()
                     verb = "approve" if d["outcome"] == "approved" else "reject"
                     flag = "--comment" if verb == "approve" else "--reason"
-                    console.print(f"$ hitl {verb} {a.id} --by {d['by']} {flag} {json.dumps(d['comment'])}",
-                                  markup=False)
+                    console.print(
+                        f"$ hitl {verb} {a.id} --by {d['by']} {flag} {json.dumps(d['comment'])}", markup=False
+                    )
                     decide(a.id, d["outcome"], actor=d["by"], comment=d["comment"], channel="cli")
         if all(r.status.terminal for r in runs.values()):
             return True

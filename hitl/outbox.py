@@ -45,8 +45,7 @@ def dispatch(ids: list[int]) -> int:
     if not ids:
         return 0
     with session_scope() as s:
-        rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids),
-                                                         OutboxMessage.sent_at.is_(None))))
+        rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.sent_at.is_(None))))
     sent = 0
     for row in rows:
         try:
@@ -55,12 +54,16 @@ def dispatch(ids: list[int]) -> int:
         except (KombuOperationalError, BrokerUnavailable, RedisError, OSError) as exc:
             log.warning("outbox row %s (%s) not sent, the relay will retry: %s", row.id, row.task_id, exc)
             with session_scope() as s:
-                s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
-                          .values(attempts=OutboxMessage.attempts + 1))
+                s.execute(
+                    update(OutboxMessage).where(OutboxMessage.id == row.id).values(attempts=OutboxMessage.attempts + 1)
+                )
             break  # the broker is down: the rest would fail the same way
         with session_scope() as s:
-            s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id, OutboxMessage.sent_at.is_(None))
-                      .values(sent_at=utcnow(), attempts=OutboxMessage.attempts + 1))
+            s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id, OutboxMessage.sent_at.is_(None))
+                .values(sent_at=utcnow(), attempts=OutboxMessage.attempts + 1)
+            )
         sent += 1
     return sent
 
@@ -74,9 +77,14 @@ def relay(grace_seconds: float | None = None) -> int:
     grace = get_settings().relay_grace if grace_seconds is None else grace_seconds
     cutoff = utcnow() - timedelta(seconds=grace)
     with session_scope() as s:
-        ids = list(s.scalars(select(OutboxMessage.id)
-                             .where(OutboxMessage.sent_at.is_(None), OutboxMessage.created_at <= cutoff)
-                             .order_by(OutboxMessage.id).limit(RELAY_BATCH)))
+        ids = list(
+            s.scalars(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.sent_at.is_(None), OutboxMessage.created_at <= cutoff)
+                .order_by(OutboxMessage.id)
+                .limit(RELAY_BATCH)
+            )
+        )
     return dispatch(ids)
 
 
@@ -85,5 +93,6 @@ def unsent_count() -> int:
     from sqlalchemy import func
 
     with session_scope() as s:
-        return int(s.scalar(select(func.count()).select_from(OutboxMessage)
-                            .where(OutboxMessage.sent_at.is_(None))) or 0)
+        return int(
+            s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))) or 0
+        )

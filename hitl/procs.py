@@ -54,16 +54,39 @@ class Service:
 def spawn(name: str, argv: list[str], log_path: Path | None, env: dict[str, str] | None = None) -> Service:
     """Start ``argv`` in its own process group, logging to ``log_path`` (or the terminal when None)."""
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed in Service.stop
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT if log else None,
-                            env=env or os.environ.copy(), start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        env=env or os.environ.copy(),
+        start_new_session=True,
+    )
     return Service(name, proc, log_path, log)
 
 
-def start_worker(log_path: Path | None, *, concurrency: int = 2, pool: str = "prefork",
-                 queues: str | None = None, hostname: str = "hitl@%h", extra: tuple[str, ...] = ()) -> Service:
+def start_worker(
+    log_path: Path | None,
+    *,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    queues: str | None = None,
+    hostname: str = "hitl@%h",
+    extra: tuple[str, ...] = (),
+) -> Service:
     """Start ``celery worker`` with task events on (for Flower)."""
-    argv = celery_argv("worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "--pool", pool,
-                       "--hostname", hostname, "--events", *extra)
+    argv = celery_argv(
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--hostname",
+        hostname,
+        "--events",
+        *extra,
+    )
     if queues:
         argv += ["--queues", queues]
     return spawn("worker", argv, log_path)

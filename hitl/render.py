@@ -36,8 +36,15 @@ def ago(t: datetime | None) -> str:
         return "-"
     seconds = (t - utcnow()).total_seconds()
     span = abs(seconds)
-    text = (f"{span:.0f}s" if span < 120 else f"{span / 60:.0f}m" if span < 7200
-            else f"{span / 3600:.1f}h" if span < 172800 else f"{span / 86400:.0f}d")
+    text = (
+        f"{span:.0f}s"
+        if span < 120
+        else f"{span / 60:.0f}m"
+        if span < 7200
+        else f"{span / 3600:.1f}h"
+        if span < 172800
+        else f"{span / 86400:.0f}d"
+    )
     return f"in {text}" if seconds > 0 else f"{text} ago"
 
 
@@ -53,8 +60,16 @@ def approvals_table(rows: list[ApprovalView]) -> Table:
     for col in ("ID", "RUN", "WORKFLOW", "KEY", "STATUS", "ASSIGNEES", "CREATED", "DEADLINE"):
         table.add_column(col)
     for a in rows:
-        table.add_row(a.id, a.run_id, a.workflow, a.key, a.status.value, ",".join(a.assignees) or "-",
-                      ago(a.created_at), ago(a.deadline) if a.status == "pending" else "-")
+        table.add_row(
+            a.id,
+            a.run_id,
+            a.workflow,
+            a.key,
+            a.status.value,
+            ",".join(a.assignees) or "-",
+            ago(a.created_at),
+            ago(a.deadline) if a.status == "pending" else "-",
+        )
     return table
 
 
@@ -64,8 +79,7 @@ def runs_table(rows: list[RunView]) -> Table:
     for col in ("RUN", "WORKFLOW", "STATUS", "CREATED", "FINISHED", "IDEMPOTENCY KEY"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.id, r.workflow, r.status.value, ago(r.created_at), ago(r.finished_at),
-                      r.idempotency_key or "-")
+        table.add_row(r.id, r.workflow, r.status.value, ago(r.created_at), ago(r.finished_at), r.idempotency_key or "-")
     return table
 
 
@@ -101,14 +115,19 @@ def show_approval(a: ApprovalView) -> None:
     console.print(f"[bold]Approval {a.id}[/]  {a.status.value}")
     console.print(f"run {a.run_id} ({a.workflow}), waitpoint {a.key!r}")
     console.print(f"assignees: {', '.join(a.assignees) or 'anyone'}")
-    console.print(f"created {a.created_at.isoformat()} ({ago(a.created_at)}), "
-                  f"deadline {a.deadline.isoformat()} ({ago(a.deadline)})")
+    console.print(
+        f"created {a.created_at.isoformat()} ({ago(a.created_at)}), "
+        f"deadline {a.deadline.isoformat()} ({ago(a.deadline)})"
+    )
     console.print("subject:")
     console.print(json.dumps(a.subject, indent=2, default=str), markup=False)
     if a.decision:
         d = a.decision
-        console.print(f"decision: {d.outcome.value} by {d.actor} via {d.channel} at {d.decided_at.isoformat()}"
-                      + (f" — {d.comment}" if d.comment else ""), markup=False)
+        console.print(
+            f"decision: {d.outcome.value} by {d.actor} via {d.channel} at {d.decided_at.isoformat()}"
+            + (f" — {d.comment}" if d.comment else ""),
+            markup=False,
+        )
         if d.data:
             console.print(f"data: {json.dumps(d.data)}", markup=False)
 
@@ -116,8 +135,10 @@ def show_approval(a: ApprovalView) -> None:
 def show_run(run: RunView) -> None:
     """Print one run: status, payload, result, then its timeline."""
     console.print(f"[bold]Run {run.id}[/]  {run.workflow}  {run.status.value}")
-    console.print(f"created {run.created_at.isoformat()}"
-                  + (f", finished {run.finished_at.isoformat()}" if run.finished_at else ""))
+    console.print(
+        f"created {run.created_at.isoformat()}"
+        + (f", finished {run.finished_at.isoformat()}" if run.finished_at else "")
+    )
     console.print(f"payload: {short(run.payload, 200)}", markup=False)
     if run.result is not None:
         console.print(f"result: {short(run.result, 200)}", markup=False)

@@ -50,8 +50,15 @@ def start(workflow: str, payload: Any = None, *, idempotency_key: str | None = N
     sigs = bind_run(wf.build(payload), run_id)
     try:
         with session_scope() as s:
-            s.add(Run(id=run_id, workflow=wf.name, status=RunStatus.PENDING, idempotency_key=idempotency_key,
-                      payload=jsonable(payload)))
+            s.add(
+                Run(
+                    id=run_id,
+                    workflow=wf.name,
+                    status=RunStatus.PENDING,
+                    idempotency_key=idempotency_key,
+                    payload=jsonable(payload),
+                )
+            )
             s.flush()
             s.add(RunEvent(run_id=run_id, kind=EventKind.CREATED, name=wf.name))
             row = outbox.enqueue(s, run_id, f"{run_id}.start", sigs, [])
@@ -89,10 +96,22 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -
             raise InvalidTransition(f"run {run_id} already finished as {status.value}")
         cancelled = cancel_pending_approvals(s, run_id)
         for approval_id in cancelled:
-            s.add(RunEvent(run_id=run_id, kind=EventKind.RESOLVED, name=approval_id,
-                           detail={"outcome": "cancelled", "actor": actor}))
-        s.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.CANCELLED.value,
-                       detail={"actor": actor, "reason": reason}))
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    kind=EventKind.RESOLVED,
+                    name=approval_id,
+                    detail={"outcome": "cancelled", "actor": actor},
+                )
+            )
+        s.add(
+            RunEvent(
+                run_id=run_id,
+                kind=EventKind.FINISHED,
+                name=RunStatus.CANCELLED.value,
+                detail={"actor": actor, "reason": reason},
+            )
+        )
     return cancelled
 
 
@@ -108,40 +127,69 @@ def begin_step(run_id: str, name: str, task_id: str | None) -> bool:
             log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
             return False
         if status.terminal:
-            s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_SKIPPED, name=name, task_id=task_id,
-                           detail={"run_status": status.value}))
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    kind=EventKind.STEP_SKIPPED,
+                    name=name,
+                    task_id=task_id,
+                    detail={"run_status": status.value},
+                )
+            )
             return False
         if status is RunStatus.PENDING:
             move_run(s, run_id, RunStatus.RUNNING)
     return True
 
 
-def finish_step(run_id: str, name: str, task_id: str | None, started_at: datetime, result: Any,
-                *, end_of_chain: bool) -> None:
+def finish_step(
+    run_id: str, name: str, task_id: str | None, started_at: datetime, result: Any, *, end_of_chain: bool
+) -> None:
     """Record that a step returned; at the end of the chain, the run succeeds with ``result``."""
     with session_scope() as s:
-        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=name, task_id=task_id,
-                       started_at=started_at))
+        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=name, task_id=task_id, started_at=started_at))
         if end_of_chain and move_run(s, run_id, RunStatus.SUCCEEDED, result=result):
             s.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.SUCCEEDED.value))
 
 
-def end_run(run_id: str, status: RunStatus, result: Any, *, step: str, task_id: str | None,
-            started_at: datetime | None, reason: str | None = None) -> None:
+def end_run(
+    run_id: str,
+    status: RunStatus,
+    result: Any,
+    *,
+    step: str,
+    task_id: str | None,
+    started_at: datetime | None,
+    reason: str | None = None,
+) -> None:
     """End run ``run_id`` as ``status`` from inside a step (see :class:`hitl.Stop`)."""
     with session_scope() as s:
-        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=step, task_id=task_id,
-                       started_at=started_at))
+        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=step, task_id=task_id, started_at=started_at))
         if move_run(s, run_id, status, result=result, error=reason):
-            s.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=status.value,
-                           detail={"reason": reason} if reason else {}))
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    kind=EventKind.FINISHED,
+                    name=status.value,
+                    detail={"reason": reason} if reason else {},
+                )
+            )
 
 
 def fail_step(run_id: str, name: str, task_id: str | None, error: str) -> None:
     """Record that a step raised after its retries; the run fails."""
     with session_scope() as s:
-        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FAILED, name=name, task_id=task_id,
-                       detail={"error": error}, started_at=utcnow()))
+        s.add(
+            RunEvent(
+                run_id=run_id,
+                kind=EventKind.STEP_FAILED,
+                name=name,
+                task_id=task_id,
+                detail={"error": error},
+                started_at=utcnow(),
+            )
+        )
         if move_run(s, run_id, RunStatus.FAILED, error=error):
-            s.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.FAILED.value,
-                           detail={"error": error}))
+            s.add(
+                RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.FAILED.value, detail={"error": error})
+            )

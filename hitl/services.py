@@ -80,8 +80,12 @@ def dev(concurrency: int) -> None:
 
 @cli.command()
 @click.option("--timeout", type=click.FloatRange(min=10), default=120.0, help="Give up after this many seconds.")
-@click.option("--examples", type=click.Path(exists=True, file_okay=False), default="examples",
-              help="Folder holding demo.json and the payloads it names.")
+@click.option(
+    "--examples",
+    type=click.Path(exists=True, file_okay=False),
+    default="examples",
+    help="Folder holding demo.json and the payloads it names.",
+)
 def demo(timeout: float, examples: str) -> None:
     """Run the sample workflows end to end on the embedded default and check every outcome.
 
@@ -97,6 +101,7 @@ def demo(timeout: float, examples: str) -> None:
 
 
 # ---------------------------------------------------------------- broker and database
+
 
 @cli.group(cls=HitlGroup, context_settings=CONTEXT)
 def broker() -> None:

@@ -25,13 +25,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in HITL_HOME.")
     broker_url: str | None = Field(None, description="Celery broker URL; default: the embedded Redis server.")
     workflow_modules: list[str] = Field(["tasks"], description="Modules that define workflows and beat jobs.")
-    default_timeout: float = Field(DEFAULT_WAIT_TIMEOUT_SECONDS, gt=0,
-                                   description="Deadline (s) of a wait declared without one.")
+    default_timeout: float = Field(
+        DEFAULT_WAIT_TIMEOUT_SECONDS, gt=0, description="Deadline (s) of a wait declared without one."
+    )
     sweep_interval: float = Field(2.0, gt=0, description="Seconds between deadline sweeps on beat.")
     relay_interval: float = Field(10.0, gt=0, description="Seconds between outbox relay passes on beat.")
-    relay_grace: float = Field(5.0, ge=0, description="Seconds an unsent outbox row may wait before the relay sends it.")
+    relay_grace: float = Field(
+        5.0, ge=0, description="Seconds an unsent outbox row may wait before the relay sends it."
+    )
     digest_cron: str = Field("0 * * * *", description="Crontab (m h dom mon dow, UTC) of the pending-approvals digest.")
-    digest_age: float = Field(3600.0, ge=0, description="Age (s) after which a pending approval is listed in the digest.")
+    digest_age: float = Field(
+        3600.0, ge=0, description="Age (s) after which a pending approval is listed in the digest."
+    )
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload or decision data, in bytes of JSON.")
     sweep_batch: int = Field(500, gt=0, description="Approvals timed out per sweep transaction.")
 

@@ -27,7 +27,7 @@ from hitl.canvas import RUN_ID_KWARG, bind_run
 from hitl.jsonsafe import jsonable
 
 
-class Stop(Exception):  # noqa: N818 - control flow, not an error
+class Stop(Exception):
     """Raised inside a step to end its run now with ``status`` (e.g. rejected) and ``result``.
 
     The rest of the chain is not run. ``reason`` is recorded as the run's error text.
@@ -73,8 +73,9 @@ class Step(Task):  # type: ignore[misc]
         except Stop as stop:
             request.chain = None
             result = jsonable(stop.result)
-            runs.end_run(run_id, stop.status, result, step=self.name, task_id=request.id, started_at=started,
-                         reason=stop.reason)
+            runs.end_run(
+                run_id, stop.status, result, step=self.name, task_id=request.id, started_at=started, reason=stop.reason
+            )
             return result
         except Ignore:  # replaced by another canvas (Task.replace): this step is done, the run goes on
             runs.finish_step(run_id, self.name, request.id, started, None, end_of_chain=False)
@@ -88,8 +89,7 @@ class Step(Task):  # type: ignore[misc]
     def _wants_run_id(self) -> bool:
         if self._accepts_run_id is None:
             params = inspect.signature(self.run).parameters
-            type(self)._accepts_run_id = RUN_ID_KWARG in params or any(
-                p.kind is p.VAR_KEYWORD for p in params.values())
+            type(self)._accepts_run_id = RUN_ID_KWARG in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
         return bool(self._accepts_run_id)
 
     def replace(self, sig: Signature) -> Any:

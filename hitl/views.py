@@ -17,21 +17,44 @@ from hitl.db import session_scope
 def _approval_view(a: Approval, workflow: str) -> ApprovalView:
     d = a.decision
     return ApprovalView(
-        id=a.id, run_id=a.run_id, workflow=workflow, key=a.key, status=a.status, subject=a.subject,
-        assignees=[str(x) for x in a.assignees], deadline=a.deadline, created_at=a.created_at,
+        id=a.id,
+        run_id=a.run_id,
+        workflow=workflow,
+        key=a.key,
+        status=a.status,
+        subject=a.subject,
+        assignees=[str(x) for x in a.assignees],
+        deadline=a.deadline,
+        created_at=a.created_at,
         resolved_at=a.resolved_at,
-        decision=None if d is None else DecisionView(outcome=Outcome(d.outcome), data=d.data, actor=d.actor,
-                                                     comment=d.comment, channel=d.channel,
-                                                     decided_at=d.decided_at),
+        decision=None
+        if d is None
+        else DecisionView(
+            outcome=Outcome(d.outcome),
+            data=d.data,
+            actor=d.actor,
+            comment=d.comment,
+            channel=d.channel,
+            decided_at=d.decided_at,
+        ),
     )
 
 
-def list_approvals(status: ApprovalStatus | None = ApprovalStatus.PENDING, workflow: str | None = None,
-                   run_id: str | None = None, older_than: float | None = None,
-                   limit: int = 100) -> list[ApprovalView]:
+def list_approvals(
+    status: ApprovalStatus | None = ApprovalStatus.PENDING,
+    workflow: str | None = None,
+    run_id: str | None = None,
+    older_than: float | None = None,
+    limit: int = 100,
+) -> list[ApprovalView]:
     """Return approvals, oldest first, filtered by status (None: any), workflow, run and age (s)."""
-    stmt = (select(Approval, Run.workflow).join(Run, Run.id == Approval.run_id)
-            .options(selectinload(Approval.decision)).order_by(Approval.created_at).limit(limit))
+    stmt = (
+        select(Approval, Run.workflow)
+        .join(Run, Run.id == Approval.run_id)
+        .options(selectinload(Approval.decision))
+        .order_by(Approval.created_at)
+        .limit(limit)
+    )
     if status is not None:
         stmt = stmt.where(Approval.status == status)
     if workflow:
@@ -51,22 +74,34 @@ def get_approval(approval_id: str) -> ApprovalView:
         ApprovalNotFound: no approval has that id.
     """
     with session_scope() as s:
-        row = s.execute(select(Approval, Run.workflow).join(Run, Run.id == Approval.run_id)
-                        .where(Approval.id == approval_id)).one_or_none()
+        row = s.execute(
+            select(Approval, Run.workflow).join(Run, Run.id == Approval.run_id).where(Approval.id == approval_id)
+        ).one_or_none()
         if row is None:
             raise ApprovalNotFound(f"no approval has id {approval_id!r}")
         return _approval_view(row[0], row[1])
 
 
 def _run_view(s: Session, run: Run, *, full: bool) -> RunView:
-    view = RunView(id=run.id, workflow=run.workflow, status=run.status, idempotency_key=run.idempotency_key,
-                   payload=run.payload, result=run.result, error=run.error, created_at=run.created_at,
-                   updated_at=run.updated_at, finished_at=run.finished_at)
+    view = RunView(
+        id=run.id,
+        workflow=run.workflow,
+        status=run.status,
+        idempotency_key=run.idempotency_key,
+        payload=run.payload,
+        result=run.result,
+        error=run.error,
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+        finished_at=run.finished_at,
+    )
     if full:
         view.approvals = [_approval_view(a, run.workflow) for a in run.approvals]
         events = s.scalars(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id))
-        view.timeline = [EventView(kind=e.kind, name=e.name, task_id=e.task_id, detail=e.detail,
-                                   started_at=e.started_at, at=e.at) for e in events]
+        view.timeline = [
+            EventView(kind=e.kind, name=e.name, task_id=e.task_id, detail=e.detail, started_at=e.started_at, at=e.at)
+            for e in events
+        ]
     return view
 
 
@@ -88,8 +123,9 @@ def get_run(run_id: str) -> RunView:
         RunNotFound: no run has that id.
     """
     with session_scope() as s:
-        run = s.scalar(select(Run).where(Run.id == run_id)
-                       .options(selectinload(Run.approvals).selectinload(Approval.decision)))
+        run = s.scalar(
+            select(Run).where(Run.id == run_id).options(selectinload(Run.approvals).selectinload(Approval.decision))
+        )
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
         return _run_view(s, run, full=True)

@@ -74,13 +74,36 @@ def wait_for_approval(
         if existing:  # a redelivery of this wait step: the approval is already stored
             return existing
         approval_id = new_id()
-        s.add(Approval(id=approval_id, run_id=run_id, key=key, status=ApprovalStatus.PENDING,
-                       step_task_id=request.id, subject=subject, assignees=list(assignees),
-                       deadline=now + seconds, continuation=continuation, on_reject=as_sig_list(on_reject),
-                       on_timeout=as_sig_list(on_timeout), timeout_default=default, created_at=now))
+        s.add(
+            Approval(
+                id=approval_id,
+                run_id=run_id,
+                key=key,
+                status=ApprovalStatus.PENDING,
+                step_task_id=request.id,
+                subject=subject,
+                assignees=list(assignees),
+                deadline=now + seconds,
+                continuation=continuation,
+                on_reject=as_sig_list(on_reject),
+                on_timeout=as_sig_list(on_timeout),
+                timeout_default=default,
+                created_at=now,
+            )
+        )
         s.flush()
         move_run(s, run_id, RunStatus.WAITING)
-        s.add(RunEvent(run_id=run_id, kind=EventKind.WAITING, name=key, task_id=request.id,
-                       detail={"approval_id": approval_id, "deadline": (now + seconds).isoformat(),
-                               "assignees": list(assignees)}))
+        s.add(
+            RunEvent(
+                run_id=run_id,
+                kind=EventKind.WAITING,
+                name=key,
+                task_id=request.id,
+                detail={
+                    "approval_id": approval_id,
+                    "deadline": (now + seconds).isoformat(),
+                    "assignees": list(assignees),
+                },
+            )
+        )
     return approval_id

@@ -74,8 +74,9 @@ def draft(request: dict[str, Any]) -> Draft:
 def revise(previous: dict[str, Any], feedback: str | None) -> Draft:
     """Write the next revision of ``previous``, taking the reviewer's ``feedback`` into account."""
     revision = int(previous["revision"]) + 1
-    return Draft(topic=previous["topic"], body=generate(previous["topic"], revision, feedback or "no comment"),
-                 revision=revision)
+    return Draft(
+        topic=previous["topic"], body=generate(previous["topic"], revision, feedback or "no comment"), revision=revision
+    )
 
 
 @hitl.step(name="tasks.content.publish")
@@ -85,19 +86,28 @@ def publish(approved: dict[str, Any], approver: str, run_id: str) -> dict[str, A
     with session_scope() as s:
         existing = s.scalar(select(Article).where(Article.run_id == run_id))
         if existing is None:
-            existing = Article(run_id=run_id, topic=approved["topic"], body=approved["body"],
-                               revisions=int(approved["revision"]), approved_by=approver)
+            existing = Article(
+                run_id=run_id,
+                topic=approved["topic"],
+                body=approved["body"],
+                revisions=int(approved["revision"]),
+                approved_by=approver,
+            )
             s.add(existing)
             s.flush()
-        return {"article_id": existing.id, "topic": existing.topic, "revisions": existing.revisions,
-                "approved_by": existing.approved_by}
+        return {
+            "article_id": existing.id,
+            "topic": existing.topic,
+            "revisions": existing.revisions,
+            "approved_by": existing.approved_by,
+        }
 
 
 def review(request: dict[str, Any]) -> Any:
     """The wait-and-route tail used for the first review and for each revision."""
-    return (hitl.wait_for_approval.s(key=REVIEW_KEY, timeout=request["review_timeout"],
-                                     assignees=request["assignees"])
-            | route_review.s(request=request))
+    return hitl.wait_for_approval.s(
+        key=REVIEW_KEY, timeout=request["review_timeout"], assignees=request["assignees"]
+    ) | route_review.s(request=request)
 
 
 @hitl.step(name="tasks.content.route_review", bind=True)
@@ -109,8 +119,11 @@ def route_review(self: hitl.Step, decision: hitl.Decision, request: dict[str, An
     if decision.outcome is hitl.Outcome.TIMED_OUT:
         raise hitl.Stop(hitl.RunStatus.TIMED_OUT, current, reason="no editor decided before the deadline")
     if int(current["revision"]) >= request["max_revisions"]:
-        raise hitl.Stop(hitl.RunStatus.REJECTED, current,
-                        reason=f"rejected after {current['revision']} revision(s): {decision.comment or ''}")
+        raise hitl.Stop(
+            hitl.RunStatus.REJECTED,
+            current,
+            reason=f"rejected after {current['revision']} revision(s): {decision.comment or ''}",
+        )
     return self.replace(revise.si(current, decision.comment) | review(request))
 
 

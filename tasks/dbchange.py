@@ -82,7 +82,7 @@ def ensure_catalogue() -> None:
     create_app_tables()
     with session_scope() as s:
         if not s.scalar(select(func.count()).select_from(Product)):
-            s.add_all(Product(**{**row, "price": Decimal(row["price"])}) for row in SEED)
+            s.add_all(Product(**{**row, "price": Decimal(str(row["price"]))}) for row in SEED)
 
 
 @hitl.step(name="tasks.dbchange.plan_change")
@@ -98,8 +98,14 @@ def plan_change(request: dict[str, Any]) -> dict[str, Any]:
                 raise hitl.Stop(hitl.RunStatus.FAILED, reason=f"no product with sku {change.sku!r}; nothing asked")
             before = _row(product)
             after = {**before, **change.set.values()}
-            diff.append({"sku": change.sku, "before": before, "after": after,
-                         "changed": sorted(k for k in FIELDS if before[k] != after[k])})
+            diff.append(
+                {
+                    "sku": change.sku,
+                    "before": before,
+                    "after": after,
+                    "changed": sorted(k for k in FIELDS if before[k] != after[k]),
+                }
+            )
     return {"table": req.table, "requested_by": req.requested_by, "reason": req.reason, "rows": diff}
 
 
@@ -117,22 +123,31 @@ def apply_change(decision: hitl.Decision, run_id: str) -> dict[str, Any]:
             return {"applied": len(rows), "already_applied": True}
         for row in rows:
             before, after = row["before"], row["after"]
-            stmt = (update(Product)
-                    .where(Product.sku == row["sku"], Product.name == before["name"],
-                           Product.price == Decimal(before["price"]), Product.stock == before["stock"])
-                    .values(name=after["name"], price=Decimal(after["price"]), stock=after["stock"],
-                            changed_by_run=run_id))
+            stmt = (
+                update(Product)
+                .where(
+                    Product.sku == row["sku"],
+                    Product.name == before["name"],
+                    Product.price == Decimal(before["price"]),
+                    Product.stock == before["stock"],
+                )
+                .values(name=after["name"], price=Decimal(after["price"]), stock=after["stock"], changed_by_run=run_id)
+            )
             if s.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
-                raise hitl.Stop(hitl.RunStatus.FAILED, {"applied": 0},
-                                reason=f"row {row['sku']} changed since it was reviewed; nothing written")
+                raise hitl.Stop(
+                    hitl.RunStatus.FAILED,
+                    {"applied": 0},
+                    reason=f"row {row['sku']} changed since it was reviewed; nothing written",
+                )
     return {"applied": len(rows), "already_applied": False}
 
 
 @hitl.workflow("db-change", input=ChangeRequest)
 def db_change(request: dict[str, Any]) -> Any:
     """Propose a change to catalogue rows; apply it in one transaction once a reviewer approves."""
-    return (plan_change.s(request)
-            | hitl.wait_for_approval.s(key=REVIEW_KEY, timeout=request["review_timeout"],
-                                       assignees=request["assignees"])
-            | apply_change.s())
+    return (
+        plan_change.s(request)
+        | hitl.wait_for_approval.s(key=REVIEW_KEY, timeout=request["review_timeout"], assignees=request["assignees"])
+        | apply_change.s()
+    )

@@ -87,8 +87,11 @@ def ping(self: Any, n: int) -> int:
 @hitl.workflow("gate")
 def gate(payload: dict[str, Any]) -> Any:
     """prepare | wait | after | finish, with options from the payload."""
-    wait_kwargs: dict[str, Any] = {"key": "gate", "timeout": payload.get("timeout", "1h"),
-                                   "assignees": payload.get("assignees", ["testers"])}
+    wait_kwargs: dict[str, Any] = {
+        "key": "gate",
+        "timeout": payload.get("timeout", "1h"),
+        "assignees": payload.get("assignees", ["testers"]),
+    }
     if payload.get("default"):
         wait_kwargs["default"] = payload["default"]
     if payload.get("on_reject"):

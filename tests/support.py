@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.1) -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> T:
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -68,8 +67,14 @@ class CliResult:
 
 def hitl_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
     """Run the ``hitl`` command as a subprocess, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "hitl", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hitl", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -85,8 +90,9 @@ class Stack:
 
 
 @contextmanager
-def running_stack(home: Path, *, concurrency: int = 2, pool: str = "prefork", beat: bool = True,
-                  **env_extra: str) -> Iterator[Stack]:
+def running_stack(
+    home: Path, *, concurrency: int = 2, pool: str = "prefork", beat: bool = True, **env_extra: str
+) -> Iterator[Stack]:
     """Start the embedded broker, a real ``celery worker`` and (optionally) ``celery beat``; stop them after."""
     env = base_env(home, **env_extra)
     point_process_at(env)

@@ -14,9 +14,29 @@ from tests.support import ROOT, hitl_cli
 pytestmark = pytest.mark.acceptance
 
 COMMANDS = [
-    [], ["start"], ["workflows"], ["approvals"], ["approvals", "list"], ["approvals", "show"], ["approve"],
-    ["reject"], ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "cancel"], ["worker"], ["beat"],
-    ["flower"], ["dev"], ["demo"], ["broker"], ["broker", "status"], ["db"], ["db", "init"], ["sweep"], ["relay"],
+    [],
+    ["start"],
+    ["workflows"],
+    ["approvals"],
+    ["approvals", "list"],
+    ["approvals", "show"],
+    ["approve"],
+    ["reject"],
+    ["runs"],
+    ["runs", "list"],
+    ["runs", "show"],
+    ["runs", "cancel"],
+    ["worker"],
+    ["beat"],
+    ["flower"],
+    ["dev"],
+    ["demo"],
+    ["broker"],
+    ["broker", "status"],
+    ["db"],
+    ["db", "init"],
+    ["sweep"],
+    ["relay"],
 ]
 
 
@@ -70,9 +90,13 @@ def test_python_dash_m_hitl_is_the_same_command() -> None:
 
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     """README command 1: real broker, worker and beat; every scripted run ends as expected."""
-    proc = subprocess.run([sys.executable, "-m", "hitl", "--home", str(tmp_path), "demo",
-                           "--examples", str(ROOT / "examples")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hitl", "--home", str(tmp_path), "demo", "--examples", str(ROOT / "examples")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "demo passed" in proc.stdout
     plan = json.loads((ROOT / "examples" / "demo.json").read_text())["runs"]
@@ -81,8 +105,10 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
         assert status in proc.stdout
     # It stopped what it started: the broker no longer answers, no worker or beat of it is left.
     demo_home = tmp_path / "demo"
-    assert not (demo_home / "redis.sock").exists() or hitl_cli(
-        "broker", "status", "--json", env={"HITL_HOME": str(demo_home)}).json()["running"] is False
+    assert (
+        not (demo_home / "redis.sock").exists()
+        or hitl_cli("broker", "status", "--json", env={"HITL_HOME": str(demo_home)}).json()["running"] is False
+    )
     assert processes_with_env(f"HITL_HOME={demo_home}") == []
 
 

@@ -27,23 +27,33 @@ def test_flower_lists_steps_with_their_run_id(stack: Stack) -> None:
     port = free_port()
     env = {**os.environ, **stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
     with open(stack.home / "flower.log", "wb") as log:
-        flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "hitl.app", "flower", f"--port={port}",
-                                   "--address=127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "hitl.app", "flower", f"--port={port}", "--address=127.0.0.1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def tasks() -> dict[str, Any] | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=2) as r:
                     return dict(json.load(r))
             except OSError:
                 return None
+
         wait_for(lambda: tasks() is not None, timeout=30, what="flower's API")
         run_id = stack.cli("start", "gate", "--payload", '{"via": "flower"}', "--json").json()["run_id"]
 
         def steps_of_run() -> set[str]:
             found = tasks() or {}
             return {t["name"] for t in found.values() if run_id in str(t.get("kwargs"))}
-        assert wait_for(lambda: {"tests.prepare", "hitl.wait_for_approval"} <= steps_of_run(), timeout=30,
-                        what="the run's steps in flower")
+
+        assert wait_for(
+            lambda: {"tests.prepare", "hitl.wait_for_approval"} <= steps_of_run(),
+            timeout=30,
+            what="the run's steps in flower",
+        )
     finally:
         flower.terminate()
         flower.wait(15)

@@ -53,8 +53,15 @@ def test_approve_resumes_the_continuation_with_the_decision(stack: Stack) -> Non
     assert got.detail["subject"] == {"prepared": {"note": "approve me"}}
     assert len(effects(run_id, "finish")) == 1
     kinds = [e.kind.value for e in run.timeline]
-    assert kinds == ["created", "step_finished", "waiting_for_input", "input_resolved", "step_finished",
-                     "step_finished", "run_finished"]
+    assert kinds == [
+        "created",
+        "step_finished",
+        "waiting_for_input",
+        "input_resolved",
+        "step_finished",
+        "step_finished",
+        "run_finished",
+    ]
 
 
 def test_reject_resumes_with_the_rejection(stack: Stack) -> None:
@@ -114,8 +121,13 @@ def test_wait_without_continuation_ends_the_run_with_the_outcome(stack: Stack) -
 
 
 def test_unknown_approval_and_run_ids_are_clear_errors(stack: Stack) -> None:
-    for args in (["approve", "nope", "--by", "a"], ["reject", "nope", "--by", "a", "--reason", "x"],
-                 ["approvals", "show", "nope"], ["runs", "show", "nope"], ["runs", "cancel", "nope"]):
+    for args in (
+        ["approve", "nope", "--by", "a"],
+        ["reject", "nope", "--by", "a", "--reason", "x"],
+        ["approvals", "show", "nope"],
+        ["runs", "show", "nope"],
+        ["runs", "cancel", "nope"],
+    ):
         res = stack.cli(*args)
         assert res.code == 1, args
         assert res.err.startswith("error: no ") and "'nope'" in res.err, res.err
@@ -177,10 +189,17 @@ def test_start_twice_with_one_idempotency_key_gives_one_run(stack: Stack) -> Non
 
 def test_concurrent_completions_one_wins(stack: Stack) -> None:
     run_id, approval_id = start_gate(stack)
-    procs = [subprocess.Popen([sys.executable, "-m", "hitl", verb, approval_id, "--by", who, *extra],
-                              cwd=ROOT, env={**os.environ, **stack.env},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for verb, who, extra in (("approve", "alice", []), ("reject", "bob", ["--reason", "race"]))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hitl", verb, approval_id, "--by", who, *extra],
+            cwd=ROOT,
+            env={**os.environ, **stack.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for verb, who, extra in (("approve", "alice", []), ("reject", "bob", ["--reason", "race"]))
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
     results = [(p.returncode, err) for p, (_, err) in zip(procs, outputs, strict=True)]
     codes = sorted(code for code, _ in results)

@@ -32,8 +32,11 @@ def redis_client(home: Path) -> redis.Redis:
 
 def test_200_waiting_runs_leave_a_single_process_worker_free(solo_stack: Stack) -> None:
     run_ids = [hitl.start("gate", {"i": i}) for i in range(WAITING_RUNS)]
-    wait_for(lambda: len(hitl.list_approvals(workflow="gate", limit=10_000)) == WAITING_RUNS, timeout=120,
-             what=f"{WAITING_RUNS} pending approvals")
+    wait_for(
+        lambda: len(hitl.list_approvals(workflow="gate", limit=10_000)) == WAITING_RUNS,
+        timeout=120,
+        what=f"{WAITING_RUNS} pending approvals",
+    )
     assert {hitl.get_run(r).status for r in run_ids[:: WAITING_RUNS // 10]} == {RunStatus.WAITING}
 
     # The broker holds nothing for them: no queued message, no unacknowledged (reserved) message.
@@ -42,7 +45,7 @@ def test_200_waiting_runs_leave_a_single_process_worker_free(solo_stack: Stack) 
     assert client.hlen("unacked") == 0
     assert client.zcard("unacked_index") == 0
     # What remains is kombu's bookkeeping of exchange bindings, the same whatever number of runs waits.
-    keys = {k.decode() for k in client.keys()}
+    keys = {k.decode() for k in client.keys()}  # noqa: SIM118 - the Redis KEYS command
     assert all(k.startswith("_kombu.binding") or k == "unacked_mutex" for k in keys), keys
 
     # The one worker process still executes other work while all 200 wait.

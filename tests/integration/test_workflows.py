@@ -28,17 +28,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def start(stack: Stack, workflow: str, payload: Any) -> str:
-    res = stack.cli("start", workflow, "--payload", payload if isinstance(payload, str) else json.dumps(payload),
-                    "--json")
+    res = stack.cli(
+        "start", workflow, "--payload", payload if isinstance(payload, str) else json.dumps(payload), "--json"
+    )
     assert res.code == 0, res.err
     return str(res.json()["run_id"])
 
 
 def next_approval(run_id: str, count: int) -> hitl.ApprovalView:
     """Wait for the run's ``count``-th approval to be pending and return it."""
+
     def ready() -> hitl.ApprovalView | None:
         found = hitl.list_approvals(status=None, run_id=run_id)
         return found[-1] if len(found) == count and found[-1].status == "pending" else None
+
     return wait_for(ready, what=f"approval #{count} of run {run_id}")
 
 
@@ -52,6 +55,7 @@ def catalogue() -> dict[str, tuple[str, Decimal, int, str | None]]:
 
 
 # ------------------------------------------------------------------ content review
+
 
 def test_content_review_revises_on_rejection_then_publishes(stack: Stack) -> None:
     run_id = start(stack, "content-review", {"topic": "Tide pools", "max_revisions": 2})
@@ -94,6 +98,7 @@ def test_content_review_from_the_committed_example(stack: Stack) -> None:
 
 # ------------------------------------------------------------------ database change gate
 
+
 def test_db_change_shows_a_diff_and_applies_on_approval(stack: Stack) -> None:
     ensure_catalogue()
     before = catalogue()
@@ -113,7 +118,8 @@ def test_db_change_shows_a_diff_and_applies_on_approval(stack: Stack) -> None:
     assert after["TEA-001"][1:] == (Decimal("6.85"), before["TEA-001"][2], run_id)
     assert after["TEA-002"][1] == Decimal("10.40")
     assert {k: v for k, v in after.items() if k not in ("TEA-001", "TEA-002")} == {
-        k: v for k, v in before.items() if k not in ("TEA-001", "TEA-002")}
+        k: v for k, v in before.items() if k not in ("TEA-001", "TEA-002")
+    }
 
 
 @pytest.mark.parametrize("ending", ["reject", "timeout", "cancel"])
@@ -145,8 +151,9 @@ def test_db_change_invalid_request_is_refused_before_anyone_is_asked(stack: Stac
 
 
 def test_db_change_unknown_row_fails_the_run_without_an_approval(stack: Stack) -> None:
-    run_id = start(stack, "db-change", {"requested_by": "x", "reason": "y",
-                                        "changes": [{"sku": "NOPE-1", "set": {"stock": 1}}]})
+    run_id = start(
+        stack, "db-change", {"requested_by": "x", "reason": "y", "changes": [{"sku": "NOPE-1", "set": {"stock": 1}}]}
+    )
     run = final(run_id)
     assert run.status is RunStatus.FAILED
     assert "NOPE-1" in (run.error or "")
@@ -159,6 +166,7 @@ def test_seed_is_what_the_catalogue_starts_from(stack: Stack) -> None:
 
 
 # ------------------------------------------------------------------ cron job on beat
+
 
 def test_pending_digest_lists_long_pending_approvals(stack: Stack) -> None:
     run_id = start(stack, "gate", {})
@@ -173,4 +181,5 @@ def test_pending_digest_lists_long_pending_approvals(stack: Stack) -> None:
                 if approval.id in {e["approval_id"] for e in d.approvals}:
                     return d
         return None
+
     assert wait_for(digest_with_it, timeout=75, interval=1, what="a digest from beat listing the approval")

@@ -12,7 +12,12 @@ from tests.support import point_process_at
 
 @pytest.fixture
 def engine_env(tmp_path: Path) -> Iterator[Path]:
-    point_process_at({"HITL_HOME": str(tmp_path), "HITL_BROKER_URL": "memory://",
-                      "HITL_WORKFLOW_MODULES": '["tasks", "tests.flows"]'})
+    point_process_at(
+        {
+            "HITL_HOME": str(tmp_path),
+            "HITL_BROKER_URL": "memory://",
+            "HITL_WORKFLOW_MODULES": '["tasks", "tests.flows"]',
+        }
+    )
     yield tmp_path
     point_process_at({"HITL_BROKER_URL": ""})

@@ -23,11 +23,20 @@ def waiting_run(deadline_in: float = 3600, **approval: object) -> str:
     with session_scope() as s:
         s.add(Run(id=run_id, workflow="gate", status=RunStatus.WAITING, payload={}))
         s.flush()
-        s.add(Approval(id=approval_id, run_id=run_id, key="k", status=ApprovalStatus.PENDING,
-                       step_task_id=new_id(), subject={"s": 1}, assignees=[],
-                       deadline=utcnow() + timedelta(seconds=deadline_in),
-                       continuation=[dict(hitl.app.signature("tests.after", kwargs={"run_id": run_id}))],
-                       **approval))
+        s.add(
+            Approval(
+                id=approval_id,
+                run_id=run_id,
+                key="k",
+                status=ApprovalStatus.PENDING,
+                step_task_id=new_id(),
+                subject={"s": 1},
+                assignees=[],
+                deadline=utcnow() + timedelta(seconds=deadline_in),
+                continuation=[dict(hitl.app.signature("tests.after", kwargs={"run_id": run_id}))],
+                **approval,
+            )
+        )
     return approval_id
 
 
@@ -82,8 +91,11 @@ def test_bad_decisions_change_nothing(engine_env: Path) -> None:
     approval_id = waiting_run()
     with pytest.raises(ApprovalNotFound):
         decide("missing", "approved", actor="alice")
-    for kwargs in ({"outcome": "maybe", "actor": "a"}, {"outcome": "approved", "actor": " "},
-                   {"outcome": "timed_out", "actor": "a"}):
+    for kwargs in (
+        {"outcome": "maybe", "actor": "a"},
+        {"outcome": "approved", "actor": " "},
+        {"outcome": "timed_out", "actor": "a"},
+    ):
         with pytest.raises(InvalidDecision):
             decide(approval_id, **kwargs)  # type: ignore[arg-type]
     assert hitl.get_approval(approval_id).status is ApprovalStatus.PENDING

@@ -28,8 +28,13 @@ def test_every_status_has_a_transition_row() -> None:
 
 
 def test_terminal_statuses_are_final() -> None:
-    assert {s for s in RunStatus if s.terminal} == {RunStatus.SUCCEEDED, RunStatus.REJECTED, RunStatus.TIMED_OUT,
-                                                     RunStatus.FAILED, RunStatus.CANCELLED}
+    assert {s for s in RunStatus if s.terminal} == {
+        RunStatus.SUCCEEDED,
+        RunStatus.REJECTED,
+        RunStatus.TIMED_OUT,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+    }
     assert {s for s in ApprovalStatus if not s.terminal} == {ApprovalStatus.PENDING}
 
 
@@ -39,10 +44,21 @@ def test_sources_invert_the_tables() -> None:
     assert RunStatus.CANCELLED not in run_sources(RunStatus.RUNNING)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90", 90), (45, 45), (1.5, 1.5), ("30s", 30), ("15m", 900), ("1h", 3600), ("2d", 172800), ("1w", 604800),
-    ("250ms", 0.25), (timedelta(minutes=2), 120),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        (45, 45),
+        (1.5, 1.5),
+        ("30s", 30),
+        ("15m", 900),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1w", 604800),
+        ("250ms", 0.25),
+        (timedelta(minutes=2), 120),
+    ],
+)
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds  # type: ignore[arg-type]
 
@@ -74,8 +90,15 @@ def test_timeout_outcome_uses_the_declared_default() -> None:
 
 
 def test_decision_round_trips_through_json() -> None:
-    d = Decision(approval_id="a", run_id="r", key="k", outcome=Outcome.APPROVED, subject={"x": 1}, actor="al",
-                 decided_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    d = Decision(
+        approval_id="a",
+        run_id="r",
+        key="k",
+        outcome=Outcome.APPROVED,
+        subject={"x": 1},
+        actor="al",
+        decided_at="2026-01-01T00:00:00Z",
+    )  # type: ignore[arg-type]
     again = Decision.model_validate_json(d.model_dump_json())
     assert again == d and again.approved and again.decided_at.tzinfo is not None
 
