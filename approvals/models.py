@@ -15,7 +15,7 @@ from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from approvals.status import ApprovalStatus, EventKind, RunStatus
+from approvals.status import ApprovalStatus, EventKind, RunStatus, StepStatus
 
 
 def utcnow() -> datetime:
@@ -43,7 +43,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind]) -> SqlEnum:
+def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind] | type[StepStatus]) -> SqlEnum:
     """A portable VARCHAR column holding the enum's values (no native ENUM type, no CHECK constraint)."""
     return SqlEnum(
         enum,
@@ -90,7 +90,7 @@ class Approval(Base):
     key: Mapped[str] = mapped_column(String(200))
     status: Mapped[ApprovalStatus] = mapped_column(_status_column(ApprovalStatus))
     #: The task id of the wait step that created this row; a redelivered wait finds its row by it.
-    step_task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    step_task_id: Mapped[str] = mapped_column(String(255), unique=True)
     #: What is to be reviewed: the result of the step before the wait.
     subject: Mapped[Any] = mapped_column(JSON)
     assignees: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -124,6 +124,25 @@ class DecisionRecord(Base):
     approval: Mapped[Approval] = relationship(back_populates="decision")
 
 
+class StepRecord(Base):
+    """One step execution, keyed by its deterministic task id: how a second delivery is told from the first.
+
+    ``attempt`` counts claims; finishing is a compare-and-set on ``(task_id, status='started', attempt)``, so
+    of two overlapping attempts only the one that claimed last can finish.
+    """
+
+    __tablename__ = "hitl_steps"
+
+    task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[StepStatus] = mapped_column(_status_column(StepStatus))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class RunEvent(Base):
     """One entry of a run's timeline, append-only."""
 
@@ -133,7 +152,7 @@ class RunEvent(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
     kind: Mapped[EventKind] = mapped_column(_status_column(EventKind))
     name: Mapped[str] = mapped_column(String(200), default="")
-    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -151,7 +170,7 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
-    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_id: Mapped[str] = mapped_column(String(255), unique=True)
     #: A Celery signature dict (a task or a chain) to apply.
     signature: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Positional arguments prepended when it is applied (the decision, for a continuation).

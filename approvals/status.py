@@ -43,6 +43,22 @@ class ApprovalStatus(StrEnum):
         return not APPROVAL_TRANSITIONS[self]
 
 
+class StepStatus(StrEnum):
+    """Where one delivery-independent step execution (keyed by its deterministic task id) stands."""
+
+    STARTED = "started"  # claimed by an attempt; a later attempt may claim it again
+    FINISHED = "finished"  # returned; the chain goes on with its stored result
+    WAITING = "waiting"  # a wait step that stored its approval and ended the chain
+    REPLACED = "replaced"  # replaced by another canvas (Task.replace)
+    STOPPED = "stopped"  # raised hitl.Stop: the run ended here
+    FAILED = "failed"  # raised after its retries were spent
+
+    @property
+    def terminal(self) -> bool:
+        """True when a new delivery of this step must not run its body again."""
+        return not STEP_TRANSITIONS[self]
+
+
 class EventKind(StrEnum):
     """Kinds of entries in a run's timeline."""
 
@@ -96,6 +112,27 @@ APPROVAL_TRANSITIONS: dict[ApprovalStatus, frozenset[ApprovalStatus]] = {
     ApprovalStatus.REJECTED: frozenset(),
     ApprovalStatus.TIMED_OUT: frozenset(),
     ApprovalStatus.CANCELLED: frozenset(),
+}
+
+
+STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
+    # STARTED -> STARTED is a new attempt claiming the step after a crash or a retry.
+    StepStatus.STARTED: frozenset(
+        {
+            StepStatus.STARTED,
+            StepStatus.FINISHED,
+            StepStatus.WAITING,
+            StepStatus.REPLACED,
+            StepStatus.STOPPED,
+            StepStatus.FAILED,
+        }
+    ),
+    # A replaced step runs its (pure, routing) body again on a new delivery, to re-send the same replacement.
+    StepStatus.REPLACED: frozenset({StepStatus.STARTED}),
+    StepStatus.FINISHED: frozenset(),
+    StepStatus.WAITING: frozenset(),
+    StepStatus.STOPPED: frozenset(),
+    StepStatus.FAILED: frozenset(),
 }
 
 

@@ -7,6 +7,7 @@ list of signature dicts still to run, in run order. Every signature carries the 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Signature, signature
@@ -16,6 +17,7 @@ from approvals.errors import InvalidPayload
 from hitl.app import app
 
 RUN_ID_KWARG = "run_id"
+_TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-58e4-4c55-9a57-0f0e6c3f4d10")
 #: Wait-step kwargs that hold canvases of their own (bound to the run like the main chain).
 NESTED_CANVAS_KWARGS = ("on_reject", "on_timeout")
 
@@ -60,12 +62,30 @@ def as_sig_list(value: Any) -> list[dict[str, Any]] | None:
     return [dict(s) for s in flatten(value)]
 
 
+def child_task_id(parent: str, index: int) -> str:
+    """The task id of the ``index``-th signature sent on behalf of ``parent`` (a uuid5: same inputs, same id).
+
+    Deterministic ids are what let a step tell a second delivery of itself from a new step (see
+    :mod:`hitl.steplog`): a re-sent chain carries the same ids as the first one.
+    """
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{parent}/{index}"))
+
+
+def with_task_ids(sigs: list[dict[str, Any]], parent: str, first_id: str | None = None) -> list[Signature]:
+    """Return ``sigs`` as signatures, each with a deterministic ``task_id`` (the first one ``first_id``)."""
+    out = []
+    for i, d in enumerate(sigs):
+        sig = signature(d, app=app).clone()
+        sig.options["task_id"] = first_id if (i == 0 and first_id) else child_task_id(parent, i)
+        out.append(sig)
+    return out
+
+
 def apply_chain(sigs: list[dict[str, Any]], args: list[Any], task_id: str) -> None:
     """Send the first signature with ``args`` prepended and the rest as its chain (Celery's own shape).
 
-    The first task gets ``task_id``; the message's ``chain`` field holds the rest in reverse order, as
-    Celery's tracer pops the next signature from the end.
+    The first task gets ``task_id``, the others ids derived from it; the message's ``chain`` field holds the
+    rest in reverse order, as Celery's tracer pops the next signature from the end.
     """
-    first = signature(sigs[0], app=app)
-    rest = [dict(signature(s, app=app)) for s in reversed(sigs[1:])]
-    first.apply_async(tuple(args), task_id=task_id, chain=rest or None)
+    first, *rest = with_task_ids(sigs, task_id, task_id)
+    first.apply_async(tuple(args), chain=[dict(s) for s in reversed(rest)] or None)

@@ -1,16 +1,15 @@
-"""Runs: starting one (idempotently), cancelling one, and the bookkeeping every step does on its run."""
+"""Runs: starting one (idempotently) and cancelling one."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from approvals.errors import InfrastructureError, InvalidTransition, RunNotFound
-from approvals.models import Run, RunEvent, utcnow
+from approvals.models import Run, RunEvent
 from approvals.status import EventKind, RunStatus
 from approvals.transitions import cancel_pending_approvals, move_run
 from hitl import outbox
@@ -113,83 +112,3 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -
             )
         )
     return cancelled
-
-
-def begin_step(run_id: str, name: str, task_id: str | None) -> bool:
-    """Check that run ``run_id`` may execute a step now; move a pending run to running.
-
-    Returns:
-        False when the run is missing, cancelled or finished: the step must do nothing.
-    """
-    with session_scope() as s:
-        status = s.scalar(select(Run.status).where(Run.id == run_id))
-        if status is None:
-            log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
-            return False
-        if status.terminal:
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.STEP_SKIPPED,
-                    name=name,
-                    task_id=task_id,
-                    detail={"run_status": status.value},
-                )
-            )
-            return False
-        if status is RunStatus.PENDING:
-            move_run(s, run_id, RunStatus.RUNNING)
-    return True
-
-
-def finish_step(
-    run_id: str, name: str, task_id: str | None, started_at: datetime, result: Any, *, end_of_chain: bool
-) -> None:
-    """Record that a step returned; at the end of the chain, the run succeeds with ``result``."""
-    with session_scope() as s:
-        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=name, task_id=task_id, started_at=started_at))
-        if end_of_chain and move_run(s, run_id, RunStatus.SUCCEEDED, result=result):
-            s.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.SUCCEEDED.value))
-
-
-def end_run(
-    run_id: str,
-    status: RunStatus,
-    result: Any,
-    *,
-    step: str,
-    task_id: str | None,
-    started_at: datetime | None,
-    reason: str | None = None,
-) -> None:
-    """End run ``run_id`` as ``status`` from inside a step (see :class:`hitl.Stop`)."""
-    with session_scope() as s:
-        s.add(RunEvent(run_id=run_id, kind=EventKind.STEP_FINISHED, name=step, task_id=task_id, started_at=started_at))
-        if move_run(s, run_id, status, result=result, error=reason):
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.FINISHED,
-                    name=status.value,
-                    detail={"reason": reason} if reason else {},
-                )
-            )
-
-
-def fail_step(run_id: str, name: str, task_id: str | None, error: str) -> None:
-    """Record that a step raised after its retries; the run fails."""
-    with session_scope() as s:
-        s.add(
-            RunEvent(
-                run_id=run_id,
-                kind=EventKind.STEP_FAILED,
-                name=name,
-                task_id=task_id,
-                detail={"error": error},
-                started_at=utcnow(),
-            )
-        )
-        if move_run(s, run_id, RunStatus.FAILED, error=error):
-            s.add(
-                RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.FAILED.value, detail={"error": error})
-            )

@@ -8,22 +8,24 @@ parsed model, not a dict. Raise :class:`Stop` to end a run with another status.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery import Signature, Task, chain, signature
+from celery import Signature, Task, chain
 from celery.exceptions import Ignore
+from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
-from approvals.models import utcnow
 from approvals.schemas import DECISION_TAG, Decision
-from approvals.status import RunStatus
-from hitl import runs
+from approvals.status import RunStatus, StepStatus
+from hitl import steplog
 from hitl.app import app
-from hitl.canvas import RUN_ID_KWARG, bind_run
+from hitl.canvas import RUN_ID_KWARG, bind_run, with_task_ids
+from hitl.db import session_scope
 from hitl.jsonsafe import jsonable
 
 
@@ -48,12 +50,23 @@ def _revive(value: Any) -> Any:
     return value
 
 
+def _end_chain(request: Any) -> None:
+    request.chain = None
+    request.callbacks = None
+
+
 class Step(Task):  # type: ignore[misc]
-    """Base class of hitl steps (see module docstring). Use :func:`step` rather than this directly."""
+    """Base class of hitl steps (see module docstring). Use :func:`step` rather than this directly.
+
+    Task options it adds: ``transactional=True`` gives the function a ``session`` argument whose writes
+    commit in one transaction with the step's completion record, so they happen exactly once however often
+    the message is delivered. Without it a step's effects are at-least-once and should be idempotent.
+    """
 
     #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
     #: which :meth:`__call__` removes unless the function declares it, so that check is off.
     typing = False
+    transactional = False
     _accepts_run_id: bool | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -61,30 +74,51 @@ class Step(Task):  # type: ignore[misc]
         if run_id is None or self.request.called_directly:
             return self.run(*args, **kwargs)
         request = self.request
-        started = utcnow()
-        if not runs.begin_step(run_id, self.name, request.id):
-            request.chain = None
-            request.callbacks = None
+        c = steplog.claim(run_id, self.name, request.id)
+        if c.skip:
+            _end_chain(request)
             return None
+        if c.done is not None:  # a second delivery of a step that already ran: reuse its result
+            if c.done is not StepStatus.FINISHED:
+                _end_chain(request)
+            return c.result
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
         try:
-            result = jsonable(self.run(*[_revive(a) for a in args], **kwargs))
+            return self._execute(c, [_revive(a) for a in args], kwargs)
+        except steplog.LostClaim:  # a later attempt owns this step now and carries the chain on
+            _end_chain(request)
+            return None
+
+    def _execute(self, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        request = self.request
+        try:
+            if self.transactional:
+                with session_scope() as s:
+                    result = jsonable(self.run(*args, session=s, **kwargs))
+                    self._finish(s, c, result)
+            else:
+                result = jsonable(self.run(*args, **kwargs))
+                with session_scope() as s:
+                    self._finish(s, c, result)
         except Stop as stop:
-            request.chain = None
+            _end_chain(request)
             result = jsonable(stop.result)
-            runs.end_run(
-                run_id, stop.status, result, step=self.name, task_id=request.id, started_at=started, reason=stop.reason
-            )
+            steplog.stop(c, stop.status, result, stop.reason)
             return result
-        except Ignore:  # replaced by another canvas (Task.replace): this step is done, the run goes on
-            runs.finish_step(run_id, self.name, request.id, started, None, end_of_chain=False)
+        except Ignore:  # replaced by another canvas (Task.replace): the replacement carries the run on
+            with contextlib.suppress(steplog.LostClaim), session_scope() as s:
+                steplog.finish(s, c, StepStatus.REPLACED, None)
             raise
-        if request.get("hitl_waiting"):
-            return result
-        end = not request.chain and not request.callbacks
-        runs.finish_step(run_id, self.name, request.id, started, result, end_of_chain=end)
         return result
+
+    def _finish(self, s: Session, c: steplog.Claim, result: Any) -> None:
+        request = self.request
+        if request.get("hitl_waiting"):
+            steplog.finish(s, c, StepStatus.WAITING, result)
+        else:
+            end = not request.chain and not request.callbacks
+            steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=end)
 
     def _wants_run_id(self) -> bool:
         if self._accepts_run_id is None:
@@ -93,23 +127,28 @@ class Step(Task):  # type: ignore[misc]
         return bool(self._accepts_run_id)
 
     def replace(self, sig: Signature) -> Any:
-        """Replace this step with ``sig`` (Celery's ``Task.replace``), binding ``sig`` to this step's run."""
+        """Replace this step with ``sig`` (Celery's ``Task.replace``), bound to this step's run.
+
+        The replacement's tasks get ids derived from this step's id, so a second delivery of this step
+        sends the same replacement and its steps recognise themselves.
+        """
         run_id = (self.request.kwargs or {}).get(RUN_ID_KWARG)
         if run_id is not None:
-            sig = chain(*[signature(d, app=self.app) for d in bind_run(sig, run_id)])
+            sig = chain(*with_task_ids(bind_run(sig, run_id), f"{self.request.id}/replace"))
         return super().replace(sig)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get(RUN_ID_KWARG)
         if run_id is not None:
-            runs.fail_step(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
+            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
 
 
 def step(*args: Any, **options: Any) -> Any:
     """Declare a step: ``@hitl.step`` or ``@hitl.step(name=..., max_retries=...)``.
 
-    Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...). The task
-    gets ``base=Step``. A function that declares a ``run_id`` parameter receives its run's id.
+    Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...) and
+    ``transactional=True`` (see :class:`Step`). The task gets ``base=Step``. A function that declares a
+    ``run_id`` parameter receives its run's id.
     """
     options.setdefault("base", Step)
     if args and callable(args[0]) and len(args) == 1 and not options.keys() - {"base"}:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
 from approvals.models import Approval, RunEvent, utcnow
@@ -17,18 +18,18 @@ from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import move_run
 from hitl.canvas import as_sig_list
-from hitl.db import session_scope
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size
 from hitl.settings import get_settings
 from hitl.steps import parse_duration, step
 
 
-@step(name="hitl.wait_for_approval", bind=True)
+@step(name="hitl.wait_for_approval", bind=True, transactional=True)
 def wait_for_approval(
     self: Any,
     subject: Any = None,
     *,
+    session: Session,
     key: str,
     run_id: str,
     timeout: str | float | None = None,
@@ -69,41 +70,41 @@ def wait_for_approval(
     seconds = parse_duration(timeout) if timeout is not None else timedelta(seconds=get_settings().default_timeout)
     check_size(subject, "approval subject")
     now = utcnow()
-    with session_scope() as s:
-        existing = s.scalar(select(Approval.id).where(Approval.step_task_id == request.id))
-        if existing:  # a redelivery of this wait step: the approval is already stored
-            return existing
-        approval_id = new_id()
-        s.add(
-            Approval(
-                id=approval_id,
-                run_id=run_id,
-                key=key,
-                status=ApprovalStatus.PENDING,
-                step_task_id=request.id,
-                subject=subject,
-                assignees=list(assignees),
-                deadline=now + seconds,
-                continuation=continuation,
-                on_reject=as_sig_list(on_reject),
-                on_timeout=as_sig_list(on_timeout),
-                timeout_default=default,
-                created_at=now,
-            )
+    s = session  # the step's own transaction: the approval commits with the step record (steplog)
+    existing = s.scalar(select(Approval.id).where(Approval.step_task_id == request.id))
+    if existing:  # a redelivery of this wait step: the approval is already stored
+        return str(existing)
+    approval_id = new_id()
+    s.add(
+        Approval(
+            id=approval_id,
+            run_id=run_id,
+            key=key,
+            status=ApprovalStatus.PENDING,
+            step_task_id=request.id,
+            subject=subject,
+            assignees=list(assignees),
+            deadline=now + seconds,
+            continuation=continuation,
+            on_reject=as_sig_list(on_reject),
+            on_timeout=as_sig_list(on_timeout),
+            timeout_default=default,
+            created_at=now,
         )
-        s.flush()
-        move_run(s, run_id, RunStatus.WAITING)
-        s.add(
-            RunEvent(
-                run_id=run_id,
-                kind=EventKind.WAITING,
-                name=key,
-                task_id=request.id,
-                detail={
-                    "approval_id": approval_id,
-                    "deadline": (now + seconds).isoformat(),
-                    "assignees": list(assignees),
-                },
-            )
+    )
+    s.flush()
+    move_run(s, run_id, RunStatus.WAITING)
+    s.add(
+        RunEvent(
+            run_id=run_id,
+            kind=EventKind.WAITING,
+            name=key,
+            task_id=request.id,
+            detail={
+                "approval_id": approval_id,
+                "deadline": (now + seconds).isoformat(),
+                "assignees": list(assignees),
+            },
         )
+    )
     return approval_id

@@ -12,10 +12,9 @@ import hashlib
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import hitl
-from hitl.db import session_scope
 from tasks.store import Article, create_app_tables
 
 REVIEW_KEY = "editor-review"
@@ -79,28 +78,25 @@ def revise(previous: dict[str, Any], feedback: str | None) -> Draft:
     )
 
 
-@hitl.step(name="tasks.content.publish")
-def publish(approved: dict[str, Any], approver: str, run_id: str) -> dict[str, Any]:
-    """Publish the approved draft (one article per run: a second delivery publishes nothing new)."""
+@hitl.step(name="tasks.content.publish", transactional=True)
+def publish(approved: dict[str, Any], approver: str, run_id: str, session: Session) -> dict[str, Any]:
+    """Publish the approved draft; the article row commits with the step, so it is written once."""
     create_app_tables()
-    with session_scope() as s:
-        existing = s.scalar(select(Article).where(Article.run_id == run_id))
-        if existing is None:
-            existing = Article(
-                run_id=run_id,
-                topic=approved["topic"],
-                body=approved["body"],
-                revisions=int(approved["revision"]),
-                approved_by=approver,
-            )
-            s.add(existing)
-            s.flush()
-        return {
-            "article_id": existing.id,
-            "topic": existing.topic,
-            "revisions": existing.revisions,
-            "approved_by": existing.approved_by,
-        }
+    article = Article(
+        run_id=run_id,
+        topic=approved["topic"],
+        body=approved["body"],
+        revisions=int(approved["revision"]),
+        approved_by=approver,
+    )
+    session.add(article)
+    session.flush()
+    return {
+        "article_id": article.id,
+        "topic": article.topic,
+        "revisions": article.revisions,
+        "approved_by": article.approved_by,
+    }
 
 
 def review(request: dict[str, Any]) -> Any:

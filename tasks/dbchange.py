@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 import hitl
 from hitl.db import session_scope
@@ -109,38 +110,34 @@ def plan_change(request: dict[str, Any]) -> dict[str, Any]:
     return {"table": req.table, "requested_by": req.requested_by, "reason": req.reason, "rows": diff}
 
 
-@hitl.step(name="tasks.dbchange.apply_change")
-def apply_change(decision: hitl.Decision, run_id: str) -> dict[str, Any]:
-    """Apply the reviewed diff in one transaction on approval; write nothing otherwise."""
+@hitl.step(name="tasks.dbchange.apply_change", transactional=True)
+def apply_change(decision: hitl.Decision, run_id: str, session: Session) -> dict[str, Any]:
+    """Apply the reviewed diff on approval, in the step's one transaction; write nothing otherwise."""
     if decision.outcome is hitl.Outcome.REJECTED:
         raise hitl.Stop(hitl.RunStatus.REJECTED, {"applied": 0}, reason=f"rejected: {decision.comment or ''}")
     if decision.outcome is hitl.Outcome.TIMED_OUT:
         raise hitl.Stop(hitl.RunStatus.TIMED_OUT, {"applied": 0}, reason="no reviewer decided before the deadline")
     rows = decision.subject["rows"]
-    with session_scope() as s:
-        done = s.scalar(select(func.count()).select_from(Product).where(Product.changed_by_run == run_id))
-        if done:  # a second delivery of this step: the change is already in
-            return {"applied": len(rows), "already_applied": True}
-        for row in rows:
-            before, after = row["before"], row["after"]
-            stmt = (
-                update(Product)
-                .where(
-                    Product.sku == row["sku"],
-                    Product.name == before["name"],
-                    Product.price == Decimal(before["price"]),
-                    Product.stock == before["stock"],
-                )
-                .values(name=after["name"], price=Decimal(after["price"]), stock=after["stock"], changed_by_run=run_id)
+    for row in rows:
+        before, after = row["before"], row["after"]
+        stmt = (
+            update(Product)
+            .where(
+                Product.sku == row["sku"],
+                Product.name == before["name"],
+                Product.price == Decimal(before["price"]),
+                Product.stock == before["stock"],
             )
-            if s.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
-                s.rollback()
-                raise hitl.Stop(
-                    hitl.RunStatus.FAILED,
-                    {"applied": 0},
-                    reason=f"row {row['sku']} changed since it was reviewed; nothing written",
-                )
-    return {"applied": len(rows), "already_applied": False}
+            .values(name=after["name"], price=Decimal(after["price"]), stock=after["stock"], changed_by_run=run_id)
+        )
+        if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+            # hitl.Stop rolls the step's transaction back: the rows already updated are restored.
+            raise hitl.Stop(
+                hitl.RunStatus.FAILED,
+                {"applied": 0},
+                reason=f"row {row['sku']} changed since it was reviewed; nothing written",
+            )
+    return {"applied": len(rows)}
 
 
 @hitl.workflow("db-change", input=ChangeRequest)
