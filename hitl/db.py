@@ -17,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.errors import HitlError, InfrastructureError
-from approvals.models import Base
 from hitl.settings import get_settings
 
 #: SQLite waits this long (ms) for a lock held by another process before failing.
@@ -64,8 +63,10 @@ def get_engine() -> Engine:
         _engine = make_engine(get_settings().resolved_database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
         _pid = os.getpid()
-        if fresh:
-            Base.metadata.create_all(_engine)  # idempotent; serialised by BEGIN IMMEDIATE on SQLite
+        if fresh and get_settings().auto_migrate:
+            from hitl.migrate import upgrade
+
+            upgrade(_engine)
     return _engine
 
 
@@ -101,8 +102,3 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def create_schema() -> None:
-    """Create hitl's tables if they are missing (idempotent)."""
-    Base.metadata.create_all(get_engine())

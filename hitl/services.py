@@ -146,14 +146,32 @@ def db() -> None:
     """The database hitl keeps its runs, approvals, decisions and outbox in."""
 
 
-@db.command("init")
-def db_init() -> None:
-    """Create hitl's tables if they are missing."""
-    from hitl.db import create_schema
+@db.command("upgrade")
+@click.option("--revision", default="head", help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Upgrade hitl's tables to the latest migration (Alembic). Safe to run again and concurrently."""
+    from hitl.db import get_engine
+    from hitl.migrate import current_revision, upgrade
     from hitl.settings import get_settings
 
-    create_schema()
-    click.echo(f"tables ready in {get_settings().resolved_database_url}")
+    engine = get_engine()
+    upgrade(engine, revision)
+    click.echo(f"{get_settings().resolved_database_url}: at revision {current_revision(engine)}")
+
+
+@db.command("current")
+@json_option
+def db_current(as_json: bool) -> None:
+    """Print the database's migration revision and the latest one."""
+    from hitl.db import get_engine
+    from hitl.migrate import current_revision, head_revision
+    from hitl.render import print_json
+
+    current, head = current_revision(get_engine()), head_revision()
+    if as_json:
+        print_json({"current": current, "head": head})
+    else:
+        click.echo(f"current {current or '-'}, head {head}" + ("" if current == head else " (run `hitl db upgrade`)"))
 
 
 @cli.command()

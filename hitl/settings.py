@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".hitl"), description="Folder of the embedded SQLite file, broker and beat state.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in HITL_HOME.")
     broker_url: str | None = Field(None, description="Celery broker URL; default: the embedded Redis server.")
+    auto_migrate: bool = Field(True, description="Upgrade the schema to the latest migration on first connect.")
     workflow_modules: list[str] = Field(["tasks"], description="Modules that define workflows and beat jobs.")
     default_timeout: float = Field(
         DEFAULT_WAIT_TIMEOUT_SECONDS, gt=0, description="Deadline (s) of a wait declared without one."

@@ -1,14 +1,40 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.pg import PgServer, start_postgres
 from tests.support import Stack, running_stack
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the whole session (required in CI, skipped on a laptop without one)."""
+    try:
+        server = start_postgres()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """An empty database: a SQLite file in the stack's home (''), or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    server: PgServer = request.getfixturevalue("postgres")
+    return server.create_database()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real embedded Redis server, a 2-process prefork worker and beat, on a fresh SQLite file."""
-    with running_stack(tmp_path_factory.mktemp("hitl")) as s:
+def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Stack]:
+    """A real embedded Redis server, a 2-process prefork worker and beat, on SQLite and on PostgreSQL."""
+    with running_stack(tmp_path_factory.mktemp("hitl"), HITL_DATABASE_URL=database_url) as s:
         yield s

@@ -30,7 +30,9 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
 
 
 def point_process_at(env: dict[str, str]) -> None:
-    """Make this (test) process use the settings in ``env``: same database and broker as the services."""
+    """Make this (test) process use exactly the settings in ``env``: same database and broker as the services."""
+    for var in [v for v in os.environ if v.startswith("HITL_")]:
+        del os.environ[var]
     os.environ.update(env)
     from hitl import db
     from hitl.app import reconfigure

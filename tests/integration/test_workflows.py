@@ -21,9 +21,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Stack]:
     """The usual stack, with the digest cron job due every minute and listing every pending approval."""
-    with running_stack(tmp_path_factory.mktemp("flows"), HITL_DIGEST_CRON="* * * * *", HITL_DIGEST_AGE="0") as s:
+    with running_stack(
+        tmp_path_factory.mktemp("flows"),
+        HITL_DATABASE_URL=database_url,
+        HITL_DIGEST_CRON="* * * * *",
+        HITL_DIGEST_AGE="0",
+    ) as s:
         yield s
 
 

@@ -20,4 +20,4 @@ def engine_env(tmp_path: Path) -> Iterator[Path]:
         }
     )
     yield tmp_path
-    point_process_at({"HITL_BROKER_URL": ""})
+    point_process_at({})

@@ -1,0 +1,65 @@
+"""Schema migrations with Alembic: ``hitl db upgrade``, and the check that the models match the migrations.
+
+By default (``HITL_AUTO_MIGRATE=true``) each process upgrades the schema to the latest revision when it
+first connects, so the embedded default needs no set-up step; concurrent upgrades are serialised (a
+PostgreSQL advisory lock; SQLite's ``BEGIN IMMEDIATE``). Production deployments may set it to false and run
+``hitl db upgrade`` once per release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+from approvals.models import Base
+
+#: Key of the PostgreSQL advisory lock held while migrating.
+_PG_MIGRATION_LOCK = 0x686974_6C  # "hitl"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Return an Alembic config for hitl's migrations, bound to ``connection`` if given."""
+    cfg = Config()
+    cfg.set_main_option("script_location", "hitl:migrations")
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """Return the id of the latest migration."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """Return the revision the database is at, or None before the first migration."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database behind ``engine`` to ``revision`` (idempotent, safe to run concurrently)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        command.upgrade(alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the database behind ``engine`` to ``revision`` (``"base"`` drops hitl's tables)."""
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)
+
+
+def schema_drift(engine: Engine) -> list[Any]:
+    """Return the differences between the models and the database (empty when the migrations match)."""
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, Base.metadata))

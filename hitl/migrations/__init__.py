@@ -1,0 +1,1 @@
+"""Alembic migrations of hitl's tables (``hitl db upgrade``)."""

@@ -1,0 +1,90 @@
+"""A real PostgreSQL server for the tests: initdb into a temporary folder, listening on a loopback port.
+
+Uses the PostgreSQL binaries on the machine (``pg_ctl`` on PATH or under /usr/lib/postgresql/*/bin). As root
+the server runs as the ``postgres`` user (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def pg_bin() -> Path | None:
+    """The folder of ``pg_ctl`` and ``initdb``, or None when PostgreSQL is not installed."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PgServer:
+    bin: Path
+    data: Path
+    port: int
+    as_user: list[str]
+    _n: int = 0
+
+    def _run(self, *argv: str) -> None:
+        proc = subprocess.run([*self.as_user, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+    def create_database(self, prefix: str = "hitl") -> str:
+        """Create a fresh database; return its SQLAlchemy URL."""
+        self._n += 1
+        name = f"{prefix}_{os.getpid()}_{self._n}"
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "hitl", name)
+        return f"postgresql+psycopg://hitl@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
+
+def start_postgres() -> PgServer:
+    """Initialise and start a throwaway cluster in a new folder under the system's temporary folder.
+
+    Raises:
+        RuntimeError: PostgreSQL is not installed or did not start.
+    """
+    bindir = pg_bin()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed (no pg_ctl); scripts/test.sh installs it in CI")
+    root = Path(tempfile.mkdtemp(prefix="hitl-pg-"))  # directly under /tmp: the postgres user can reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    port = _free_port()
+    server = PgServer(bindir, data, port, as_user)
+    server._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hitl", "-E", "UTF8")
+    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=300"
+    server._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "pg.log"), "-w", "start")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.1)
+    raise RuntimeError(f"PostgreSQL did not start; see {root / 'pg.log'}")
