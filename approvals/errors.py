@@ -80,6 +80,10 @@ class InvalidPayload(UsageError):
     """The payload is not valid."""
 
 
+class InvalidSettings(UsageError):
+    """A HITL_* setting has a value that is not allowed."""
+
+
 class PayloadTooLarge(UsageError):
     """The payload is larger than the configured limit."""
 

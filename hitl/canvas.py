@@ -72,11 +72,16 @@ def child_task_id(parent: str, index: int) -> str:
 
 
 def with_task_ids(sigs: list[dict[str, Any]], parent: str, first_id: str | None = None) -> list[Signature]:
-    """Return ``sigs`` as signatures, each with a deterministic ``task_id`` (the first one ``first_id``)."""
+    """Return ``sigs`` as signatures with deterministic task ids: ``first_id`` for the first if given; a
+    signature that already has an id (it was sent before, as part of a chain) keeps it; others get
+    :func:`child_task_id` of ``parent``."""
     out = []
     for i, d in enumerate(sigs):
         sig = signature(d, app=app).clone()
-        sig.options["task_id"] = first_id if (i == 0 and first_id) else child_task_id(parent, i)
+        if i == 0 and first_id:
+            sig.options["task_id"] = first_id
+        else:
+            sig.options.setdefault("task_id", child_task_id(parent, i))
         out.append(sig)
     return out
 

@@ -193,14 +193,20 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
 
 
 def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, data: str | None, as_json: bool) -> None:
-    from hitl.completion import decide
+    from hitl.completion import continuation_sent, decide
     from hitl.jsonsafe import parse_json_object
     from hitl.render import print_json
 
     parsed = parse_json_object(data, "--data") if data is not None else None
     decision = decide(approval_id, outcome, actor=actor, comment=comment, data=parsed, channel="cli")
+    sent = continuation_sent(approval_id)
     if as_json:
-        print_json(decision)
+        print_json({**decision.model_dump(mode="json"), "continuation_sent": sent})
+    elif sent is False:
+        click.echo(
+            f"{approval_id} {decision.outcome.value} by {decision.actor} (recorded); the broker is unreachable, so"
+            f" run {decision.run_id} resumes when it is back (the outbox relay sends the continuation)"
+        )
     else:
         click.echo(f"{approval_id} {decision.outcome.value} by {decision.actor}; run {decision.run_id} resumes")
 

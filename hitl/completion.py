@@ -85,6 +85,19 @@ def decide(
     return decision
 
 
+def continuation_sent(approval_id: str) -> bool | None:
+    """Whether the continuation of a decided approval has been sent to the broker (None: it has none).
+
+    False means the broker was unreachable at decision time; the outbox relay sends it when it is back.
+    """
+    return outbox.is_sent(resume_task_id(approval_id))
+
+
+def resume_task_id(approval_id: str) -> str:
+    """The (deterministic) task id of the first continuation step of ``approval_id``."""
+    return f"{approval_id}.resume"
+
+
 def approve(
     approval_id: str,
     *,
@@ -200,4 +213,4 @@ def _resume(s: Session, approval: Approval, decision: Decision) -> list[int]:
             s.add(RunEvent(run_id=approval.run_id, kind=EventKind.FINISHED, name=status.value))
         return []
     move_run(s, approval.run_id, RunStatus.RUNNING)
-    return [outbox.enqueue(s, approval.run_id, f"{approval.id}.resume", sigs, [payload]).id]
+    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [payload]).id]

@@ -88,6 +88,18 @@ def relay(grace_seconds: float | None = None) -> int:
     return dispatch(ids)
 
 
+def is_queued(session: Session, task_id: str) -> bool:
+    """Whether an outbox row for ``task_id`` exists (sent or not), in the caller's transaction."""
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.task_id == task_id)) is not None
+
+
+def is_sent(task_id: str) -> bool | None:
+    """Whether the outbox row of ``task_id`` was sent (None: there is no such row)."""
+    with session_scope() as s:
+        row = s.execute(select(OutboxMessage.sent_at).where(OutboxMessage.task_id == task_id)).one_or_none()
+    return None if row is None else row[0] is not None
+
+
 def unsent_count() -> int:
     """Return how many outbox rows are not sent yet."""
     from sqlalchemy import func

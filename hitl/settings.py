@@ -8,8 +8,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from approvals.errors import InvalidSettings
 
 #: A wait declared without a timeout gets this deadline (seconds): one day. Never "forever": a wait whose
 #: run was forgotten would otherwise stay pending for good (the orphaned-wait trap of hosted tools).
@@ -38,8 +40,19 @@ class Settings(BaseSettings):
     digest_age: float = Field(
         3600.0, ge=0, description="Age (s) after which a pending approval is listed in the digest."
     )
+    step_time_limit: float = Field(900, gt=0, description="Hard time limit (s) of one step; it is killed after.")
+    visibility_timeout: float = Field(
+        1800, gt=0, description="Seconds before Redis re-delivers a message not acknowledged (a lost worker's)."
+    )
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload or decision data, in bytes of JSON.")
     sweep_batch: int = Field(500, gt=0, description="Approvals timed out per sweep transaction.")
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_steps(self) -> Settings:
+        # A message must not be re-delivered while its step may still be running (Celery's Redis caveat).
+        if self.visibility_timeout <= self.step_time_limit:
+            raise ValueError("HITL_VISIBILITY_TIMEOUT must be longer than HITL_STEP_TIME_LIMIT")
+        return self
 
     @property
     def home_dir(self) -> Path:
@@ -61,5 +74,15 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Return the process-wide settings, read once from the environment."""
-    return Settings()
+    """Return the process-wide settings, read once from the environment.
+
+    Raises:
+        InvalidSettings: a ``HITL_*`` variable has a value that is not allowed (the message names it).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"HITL_{'_'.join(str(p) for p in e['loc']).upper() or '*'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidSettings(f"invalid settings: {problems}") from exc

@@ -161,6 +161,30 @@ def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
             )
 
 
+def hand_chain_to_outbox(run_id: str, task_id: str, chain: list[Any] | None) -> bool:
+    """After a finished step could not send the rest of its chain (broker down), put the rest in the outbox.
+
+    Returns:
+        True if the step had finished and its chain is now in the outbox (or already was); False when the
+        step had not finished, which makes the error a real step failure.
+    """
+    from hitl import outbox
+
+    if not chain:
+        return False
+    rest = [dict(sig) for sig in reversed(chain)]
+    next_id = rest[0].get("options", {}).get("task_id")
+    with session_scope() as s:
+        record = s.get(StepRecord, task_id)
+        if record is None or record.status is not StepStatus.FINISHED or not next_id:
+            return False
+        if outbox.is_queued(s, next_id):
+            return True
+        outbox.enqueue(s, run_id, next_id, rest, [record.result])
+    log.warning("step %s finished but its chain could not be sent; the outbox relay will send %s", task_id, next_id)
+    return True
+
+
 def fail(run_id: str, name: str, task_id: str, error: str) -> None:
     """Record that step ``task_id`` raised after its retries; the run fails."""
     with session_scope() as s:

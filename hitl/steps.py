@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Signature, Task, chain
 from celery.exceptions import Ignore
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
@@ -139,8 +140,11 @@ class Step(Task):  # type: ignore[misc]
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get(RUN_ID_KWARG)
-        if run_id is not None:
-            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
+        if run_id is None:
+            return
+        if isinstance(exc, KombuOperationalError) and steplog.hand_chain_to_outbox(run_id, task_id, self.request.chain):
+            return  # the step ran; only sending the next one failed (broker down): the outbox relay sends it
+        steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
 
 
 def step(*args: Any, **options: Any) -> Any:

@@ -38,3 +38,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterat
     """A real embedded Redis server, a 2-process prefork worker and beat, on SQLite and on PostgreSQL."""
     with running_stack(tmp_path_factory.mktemp("hitl"), HITL_DATABASE_URL=database_url) as s:
         yield s
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures of the fault-injection runs (runs, kills, lost, duplicated)."""
+    from tests.faults.test_faults import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("fault-injection figures")
+        for row in FIGURES:
+            terminalreporter.write_line(", ".join(f"{k}={v}" for k, v in row.items()))

@@ -6,6 +6,8 @@ tests check that a continuation ran exactly once and what it received.
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,3 +105,80 @@ def gate(payload: dict[str, Any]) -> Any:
 def wait_last(payload: dict[str, Any]) -> Any:
     """A wait with no continuation: the decision itself ends the run."""
     return prepare.s(payload) | hitl.wait_for_approval.s(key="only", timeout=payload.get("timeout", "1h"))
+
+
+# ---------------------------------------------------------------- fault injection
+
+
+class EffectRow(TestBase):
+    """One applied effect of a transactional step: committed with the step's completion or not at all."""
+
+    __tablename__ = "test_effect_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    task_id: Mapped[str] = mapped_column(String(255))
+
+
+class Attempt(TestBase):
+    """One attempt of the flaky step (written outside the step's transaction, so failed attempts count)."""
+
+    __tablename__ = "test_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[str] = mapped_column(String(40), default=lambda: datetime.now(UTC).isoformat())
+
+
+def create_test_tables() -> None:
+    TestBase.metadata.create_all(get_engine())
+
+
+@hitl.step(name="tests.chaos.effect", bind=True, transactional=True)
+def chaos_effect(self: hitl.Step, previous: Any, label: str, run_id: str, session: Any) -> Any:
+    """Apply one effect (a row) in the step's transaction, after a short pause that widens the kill window."""
+    time.sleep(random.uniform(0, 0.02))
+    session.add(EffectRow(run_id=run_id, label=label, task_id=self.request.id))
+    return {"label": label, "previous": previous if not isinstance(previous, hitl.Decision) else "decision"}
+
+
+@hitl.workflow("chaos")
+def chaos(payload: dict[str, Any]) -> Any:
+    """effect a | wait | effect b | effect c: every effect must be applied exactly once."""
+    return (
+        chaos_effect.s(payload, label="a")
+        | hitl.wait_for_approval.s(key="chaos", timeout=payload.get("timeout", "1h"), default=payload.get("default"))
+        | chaos_effect.s(label="b")
+        | chaos_effect.s(label="c")
+    )
+
+
+class Transient(Exception):
+    """A failure worth retrying."""
+
+
+@hitl.step(
+    name="tests.flaky",
+    bind=True,
+    autoretry_for=(Transient,),
+    retry_backoff=1,
+    retry_backoff_max=4,
+    retry_jitter=False,
+    max_retries=5,
+)
+def flaky(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
+    """Fail the first ``payload['failures']`` attempts, then succeed."""
+    with session_scope() as s:
+        s.add(Attempt(run_id=run_id))
+    with session_scope() as s:
+        attempts = len(list(s.scalars(select(Attempt).where(Attempt.run_id == run_id))))
+    if attempts <= int(payload.get("failures", 2)):
+        raise Transient(f"attempt {attempts} fails")
+    return f"succeeded at attempt {attempts}"
+
+
+@hitl.workflow("flaky")
+def flaky_flow(payload: dict[str, Any]) -> Any:
+    """flaky (fails twice, retried with backoff) | effect b | effect c."""
+    return flaky.s(payload) | chaos_effect.s(label="b") | chaos_effect.s(label="c")

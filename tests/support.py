@@ -80,22 +80,115 @@ def hitl_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+class RedisServer:
+    """A Redis server the test owns (not the embedded daemon), for stopping and restarting the broker."""
+
+    def __init__(self, home: Path) -> None:
+        from hitl.broker import server_binary
+
+        self.home = home
+        self.binary = server_binary()
+        self.socket = home / "ext-redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket}"
+
+    def start(self) -> None:
+        argv = [
+            self.binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--dir",
+            str(self.home),
+            "--appendonly",
+            "yes",
+            "--appendfilename",
+            "ext.aof",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+        with open(self.home / "ext-redis.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.socket.exists, timeout=10, what="the Redis server's socket")
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): what it acknowledged is in its append-only file (fsync always)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            self.socket.unlink(missing_ok=True)
+
+
 @dataclass
 class Stack:
     """A running broker, worker and beat sharing one HITL_HOME."""
 
     home: Path
     env: dict[str, str]
+    services: list[Any]
+    redis: RedisServer | None = None
+    concurrency: int = 2
+    pool: str = "prefork"
 
     def cli(self, *args: str, timeout: float = 60) -> CliResult:
         return hitl_cli(*args, env=self.env, timeout=timeout)
 
+    @property
+    def worker(self) -> Any:
+        return self.services[0]
+
+    def restart_worker(self, *, kill: bool = True) -> None:
+        """Kill -9 the worker's whole process group (main process and pool), then start a new worker."""
+        from hitl.procs import start_worker, wait_ready
+
+        old = self.services[0]
+        if kill and old.proc.poll() is None:
+            os.killpg(old.proc.pid, 9)
+            old.proc.wait()
+        log = self.home / f"worker-{len(self.services)}.log"
+        self.services[0] = start_worker(log, concurrency=self.concurrency, pool=self.pool)
+        self.services.append(old)  # keep its log for the report
+        wait_ready(self.services[0])
+
+    def add_beat(self) -> Any:
+        from hitl.procs import start_beat
+
+        beat = start_beat(
+            self.home / f"beat-{len(self.services)}.log",
+            extra=("--schedule", str(self.home / f"beat-{len(self.services)}-schedule")),
+        )
+        self.services.append(beat)
+        return beat
+
 
 @contextmanager
 def running_stack(
-    home: Path, *, concurrency: int = 2, pool: str = "prefork", beat: bool = True, **env_extra: str
+    home: Path,
+    *,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    beat: bool = True,
+    external_broker: bool = False,
+    **env_extra: str,
 ) -> Iterator[Stack]:
-    """Start the embedded broker, a real ``celery worker`` and (optionally) ``celery beat``; stop them after."""
+    """Start a Redis server, a real ``celery worker`` and (optionally) ``celery beat``; stop them after.
+
+    The broker is the embedded one, or with ``external_broker`` a server the test owns (``Stack.redis``),
+    reached through ``HITL_BROKER_URL`` so that nothing restarts it behind the test's back.
+    """
+    redis_server = None
+    if external_broker:
+        point_process_at(base_env(home))
+        redis_server = RedisServer(home)
+        redis_server.start()
+        env_extra = {**env_extra, "HITL_BROKER_URL": redis_server.url}
     env = base_env(home, **env_extra)
     point_process_at(env)
     from hitl import broker, db
@@ -106,14 +199,18 @@ def running_stack(
     services = [start_worker(home / "worker.log", concurrency=concurrency, pool=pool)]
     if beat:
         services.append(start_beat(home / "beat.log"))
+    stack = Stack(home, env, services, redis_server, concurrency, pool)
     try:
         wait_ready(services[0])
-        yield Stack(home, env)
+        yield stack
     finally:
-        for s in services:
+        for s in stack.services:
             s.stop()
-        broker.stop_broker()
-        for s in services:
+        if redis_server is not None:
+            redis_server.kill()
+        else:
+            broker.stop_broker()
+        for s in stack.services:
             log = s.log_text()
             if "Traceback" in log:
                 sys.stderr.write(f"\n----- {s.name} log ({home}) -----\n{log[-6000:]}\n")
