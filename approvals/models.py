@@ -139,6 +139,8 @@ class StepRecord(Base):
     status: Mapped[StepStatus] = mapped_column(_status_column(StepStatus))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    #: The task id of the message this step's completion put in the outbox (the next link, or a replacement).
+    next_task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
@@ -161,12 +163,12 @@ class RunEvent(Base):
 class OutboxMessage(Base):
     """A Celery message written in the same transaction as the state change that calls for it.
 
-    It is sent after commit; the relay re-sends rows still unsent. ``task_id`` is deterministic so the
-    receiving step can tell a second delivery from the first.
+    See :mod:`hitl.outbox` for its life: sent after commit, delivered when its step claims it, re-sent by the
+    relay otherwise. ``task_id`` is deterministic so the receiving step can tell a second delivery.
     """
 
     __tablename__ = "hitl_outbox"
-    __table_args__ = (Index("ix_hitl_outbox_unsent", "sent_at", "created_at"),)
+    __table_args__ = (Index("ix_hitl_outbox_undelivered", "delivered_at", "sent_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
@@ -177,4 +179,5 @@ class OutboxMessage(Base):
     args: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

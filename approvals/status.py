@@ -49,7 +49,7 @@ class StepStatus(StrEnum):
     STARTED = "started"  # claimed by an attempt; a later attempt may claim it again
     FINISHED = "finished"  # returned; the chain goes on with its stored result
     WAITING = "waiting"  # a wait step that stored its approval and ended the chain
-    REPLACED = "replaced"  # replaced by another canvas (Task.replace)
+    REPLACED = "replaced"  # replaced by another canvas (Task.replace); the replacement is in the outbox
     STOPPED = "stopped"  # raised hitl.Stop: the run ended here
     FAILED = "failed"  # raised after its retries were spent
 
@@ -127,8 +127,7 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
             StepStatus.FAILED,
         }
     ),
-    # A replaced step runs its (pure, routing) body again on a new delivery, to re-send the same replacement.
-    StepStatus.REPLACED: frozenset({StepStatus.STARTED}),
+    StepStatus.REPLACED: frozenset(),
     StepStatus.FINISHED: frozenset(),
     StepStatus.WAITING: frozenset(),
     StepStatus.STOPPED: frozenset(),

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidDecision
-from approvals.models import Approval, DecisionRecord, RunEvent, utcnow
+from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, utcnow
 from approvals.policy import continuation_for, timeout_outcome
 from approvals.schemas import Decision, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
@@ -81,7 +81,7 @@ def decide(
         approval = s.get_one(Approval, approval_id)
         decision = _record(s, approval, outcome, actor.strip(), comment, data, channel, now, defaulted=False)
         sent = _resume(s, approval, decision)
-    outbox.dispatch(sent)
+    outbox.publish(sent)
     return decision
 
 
@@ -136,7 +136,7 @@ def sweep_deadlines(limit: int = 500) -> int:
         )
     if not ids:
         return 0
-    sent: list[int] = []
+    sent: list[OutboxMessage] = []
     done = 0
     with session_scope() as s:
         for approval_id in ids:
@@ -147,7 +147,7 @@ def sweep_deadlines(limit: int = 500) -> int:
             decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, {}, "deadline", now, defaulted=defaulted)
             sent += _resume(s, approval, decision)
             done += 1
-    outbox.dispatch(sent)
+    outbox.publish(sent)
     return done
 
 
@@ -203,7 +203,7 @@ def _record(
     )
 
 
-def _resume(s: Session, approval: Approval, decision: Decision) -> list[int]:
+def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMessage]:
     """Write the continuation for ``decision`` to the outbox (or end the run if there is none)."""
     sigs = continuation_for(approval, decision.outcome)
     payload = decision.model_dump(mode="json")
@@ -213,4 +213,4 @@ def _resume(s: Session, approval: Approval, decision: Decision) -> list[int]:
             s.add(RunEvent(run_id=approval.run_id, kind=EventKind.FINISHED, name=status.value))
         return []
     move_run(s, approval.run_id, RunStatus.RUNNING)
-    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [payload]).id]
+    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [payload])]

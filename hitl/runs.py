@@ -61,14 +61,13 @@ def start(workflow: str, payload: Any = None, *, idempotency_key: str | None = N
             s.flush()
             s.add(RunEvent(run_id=run_id, kind=EventKind.CREATED, name=wf.name))
             row = outbox.enqueue(s, run_id, f"{run_id}.start", sigs, [])
-            row_id = row.id
     except InfrastructureError as exc:
         if idempotency_key is not None and isinstance(exc.__cause__, IntegrityError):
             existing = _run_for_key(idempotency_key)
             if existing:
                 return existing
         raise
-    outbox.dispatch([row_id])
+    outbox.publish([row])
     return run_id
 
 

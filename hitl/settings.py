@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     relay_grace: float = Field(
         5.0, ge=0, description="Seconds an unsent outbox row may wait before the relay sends it."
     )
+    redeliver_after: float = Field(
+        600, gt=0, description="Seconds after which a sent message whose step never started is sent again."
+    )
+    outbox_retention: float = Field(7 * 86400, gt=0, description="Seconds delivered outbox rows are kept.")
     digest_cron: str = Field("0 * * * *", description="Crontab (m h dom mon dow, UTC) of the pending-approvals digest.")
     digest_age: float = Field(
         3600.0, ge=0, description="Age (s) after which a pending approval is listed in the digest."

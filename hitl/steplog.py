@@ -5,7 +5,11 @@ relay re-send or a retry of the same step carries the same id. Before the body r
 the attempt (``hitl_steps``); after, :func:`finish` moves the record out of ``started`` with a
 compare-and-set on the attempt number, in the same transaction as the timeline entry, the run's status and
 — for ``transactional=True`` steps — the step's own database writes. A delivery of a step already finished
-returns the stored result without running the body, and the chain goes on from there.
+returns the stored result without running the body.
+
+A step never lets Celery send the rest of its chain: the next link (or a replacement canvas) is written to
+the outbox in the completion transaction and published after commit (:mod:`hitl.outbox`), so a crash or a
+broker outage between the two loses nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approvals.errors import HitlError, InfrastructureError
-from approvals.models import Run, RunEvent, StepRecord, utcnow
+from approvals.models import OutboxMessage, Run, RunEvent, StepRecord, utcnow
 from approvals.status import EventKind, RunStatus, StepStatus
 from approvals.transitions import move_run
+from hitl import outbox
 from hitl.db import session_scope
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ class Claim:
     #: The step already finished (or stored its approval): do not run the body; reuse ``result``.
     done: StepStatus | None = None
     result: Any = None
+    #: For a finished step: the task id of the message its completion put in the outbox.
+    next_task_id: str | None = None
 
 
 class _Contended(Exception):
@@ -84,9 +91,19 @@ def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> C
         else:
             log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
         return Claim(run_id, task_id, name, 0, now, skip=True)
+    outbox.mark_delivered(s, task_id)
     record = s.get(StepRecord, task_id)
     if record is not None and record.status.terminal:
-        return Claim(run_id, task_id, name, record.attempt, now, done=record.status, result=record.result)
+        return Claim(
+            run_id,
+            task_id,
+            name,
+            record.attempt,
+            now,
+            done=record.status,
+            result=record.result,
+            next_task_id=record.next_task_id,
+        )
     if record is None:
         s.add(
             StepRecord(task_id=task_id, run_id=run_id, name=name, status=StepStatus.STARTED, attempt=1, started_at=now)
@@ -114,24 +131,45 @@ def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> C
     return Claim(run_id, task_id, name, attempt, now)
 
 
-def finish(s: Session, c: Claim, status: StepStatus, result: Any, *, end_of_chain: bool = False) -> None:
-    """In the caller's transaction: close the step record (compare-and-set on the attempt) and the timeline.
+def finish(
+    s: Session,
+    c: Claim,
+    status: StepStatus,
+    result: Any,
+    *,
+    send: tuple[list[dict[str, Any]], list[Any]] | None = None,
+    end_of_chain: bool = False,
+) -> OutboxMessage | None:
+    """In the caller's transaction: close the step record (compare-and-set on the attempt), append to the
+    timeline, and write what the step sends next to the outbox.
 
-    With ``end_of_chain`` the run succeeds with ``result``.
+    Args:
+        s: the transaction (for a transactional step, the one its own writes are in).
+        c: this attempt's claim.
+        status: FINISHED, WAITING, REPLACED or STOPPED.
+        result: the step's return value (JSON-safe), stored for a second delivery to reuse.
+        send: ``(signature dicts, args)`` of the next message — the rest of the chain with the result, or a
+            replacement — or None.
+        end_of_chain: nothing follows: the run succeeds with ``result``.
+
+    Returns:
+        The outbox row to publish after commit, if any.
 
     Raises:
         LostClaim: a later attempt claimed the step; the caller's transaction must roll back.
     """
+    next_id = send[0][0]["options"]["task_id"] if send else None
     won = s.execute(
         update(StepRecord)
         .where(
             StepRecord.task_id == c.task_id, StepRecord.attempt == c.attempt, StepRecord.status == StepStatus.STARTED
         )
-        .values(status=status, result=result, finished_at=utcnow())
+        .values(status=status, result=result, next_task_id=next_id, finished_at=utcnow())
     ).rowcount  # type: ignore[attr-defined]
     if not won:
         raise LostClaim(f"step {c.name} ({c.task_id}) attempt {c.attempt} lost its claim")
     if status is not StepStatus.WAITING:
+        detail = {"attempt": c.attempt} if c.attempt > 1 else {}
         s.add(
             RunEvent(
                 run_id=c.run_id,
@@ -139,11 +177,14 @@ def finish(s: Session, c: Claim, status: StepStatus, result: Any, *, end_of_chai
                 name=c.name,
                 task_id=c.task_id,
                 started_at=c.started_at,
-                detail={"attempt": c.attempt} if c.attempt > 1 else {},
+                detail=detail,
             )
         )
     if end_of_chain and move_run(s, c.run_id, RunStatus.SUCCEEDED, result=result):
         s.add(RunEvent(run_id=c.run_id, kind=EventKind.FINISHED, name=RunStatus.SUCCEEDED.value))
+    if send and next_id:
+        return outbox.enqueue(s, c.run_id, next_id, send[0], send[1])
+    return None
 
 
 def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
@@ -159,30 +200,6 @@ def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
                     detail={"reason": reason} if reason else {},
                 )
             )
-
-
-def hand_chain_to_outbox(run_id: str, task_id: str, chain: list[Any] | None) -> bool:
-    """After a finished step could not send the rest of its chain (broker down), put the rest in the outbox.
-
-    Returns:
-        True if the step had finished and its chain is now in the outbox (or already was); False when the
-        step had not finished, which makes the error a real step failure.
-    """
-    from hitl import outbox
-
-    if not chain:
-        return False
-    rest = [dict(sig) for sig in reversed(chain)]
-    next_id = rest[0].get("options", {}).get("task_id")
-    with session_scope() as s:
-        record = s.get(StepRecord, task_id)
-        if record is None or record.status is not StepStatus.FINISHED or not next_id:
-            return False
-        if outbox.is_queued(s, next_id):
-            return True
-        outbox.enqueue(s, run_id, next_id, rest, [record.result])
-    log.warning("step %s finished but its chain could not be sent; the outbox relay will send %s", task_id, next_id)
-    return True
 
 
 def fail(run_id: str, name: str, task_id: str, error: str) -> None:

@@ -8,22 +8,20 @@ parsed model, not a dict. Raise :class:`Stop` to end a run with another status.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery import Signature, Task, chain
-from celery.exceptions import Ignore
-from kombu.exceptions import OperationalError as KombuOperationalError
+from celery import Signature, Task
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
+from approvals.models import OutboxMessage
 from approvals.schemas import DECISION_TAG, Decision
 from approvals.status import RunStatus, StepStatus
-from hitl import steplog
+from hitl import outbox, steplog
 from hitl.app import app
 from hitl.canvas import RUN_ID_KWARG, bind_run, with_task_ids
 from hitl.db import session_scope
@@ -56,12 +54,23 @@ def _end_chain(request: Any) -> None:
     request.callbacks = None
 
 
+class _Replaced(Exception):
+    """Raised by :meth:`Step.replace`: the step is done and ``sigs`` are sent in its place."""
+
+    def __init__(self, sigs: list[dict[str, Any]]) -> None:
+        super().__init__("replaced")
+        self.sigs = sigs
+
+
 class Step(Task):  # type: ignore[misc]
     """Base class of hitl steps (see module docstring). Use :func:`step` rather than this directly.
 
     Task options it adds: ``transactional=True`` gives the function a ``session`` argument whose writes
     commit in one transaction with the step's completion record, so they happen exactly once however often
     the message is delivered. Without it a step's effects are at-least-once and should be idempotent.
+
+    A step sends the rest of its chain itself, through the outbox (:mod:`hitl.steplog`); Celery's own
+    chain dispatch is switched off for it.
     """
 
     #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
@@ -75,51 +84,67 @@ class Step(Task):  # type: ignore[misc]
         if run_id is None or self.request.called_directly:
             return self.run(*args, **kwargs)
         request = self.request
+        rest = [dict(sig) for sig in reversed(request.chain or [])]
+        _end_chain(request)  # hitl sends the rest itself, through the outbox
+        request.hitl_rest = rest
         c = steplog.claim(run_id, self.name, request.id)
         if c.skip:
-            _end_chain(request)
             return None
         if c.done is not None:  # a second delivery of a step that already ran: reuse its result
-            if c.done is not StepStatus.FINISHED:
-                _end_chain(request)
+            if c.next_task_id:  # and make sure what it sent next is on its way
+                outbox.republish_undelivered(c.next_task_id)
             return c.result
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
         try:
-            return self._execute(c, [_revive(a) for a in args], kwargs)
-        except steplog.LostClaim:  # a later attempt owns this step now and carries the chain on
-            _end_chain(request)
+            result, row = self._execute(c, [_revive(a) for a in args], kwargs, rest)
+        except steplog.LostClaim:  # a later attempt owns this step now and sends what follows
             return None
+        if row is not None:
+            outbox.publish([row])
+        return result
 
-    def _execute(self, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        request = self.request
+    def _execute(
+        self, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any], rest: list[dict[str, Any]]
+    ) -> tuple[Any, OutboxMessage | None]:
         try:
             if self.transactional:
                 with session_scope() as s:
-                    result = jsonable(self.run(*args, session=s, **kwargs))
-                    self._finish(s, c, result)
-            else:
-                result = jsonable(self.run(*args, **kwargs))
-                with session_scope() as s:
-                    self._finish(s, c, result)
-        except Stop as stop:
-            _end_chain(request)
+                    return self._run_and_finish(s, c, args, {**kwargs, "session": s}, rest)
+            outcome = self._run_body(args, kwargs)
+            with session_scope() as s:
+                return self._finish(s, c, outcome, rest)
+        except Stop as stop:  # (a transactional step's own writes were rolled back)
             result = jsonable(stop.result)
             steplog.stop(c, stop.status, result, stop.reason)
-            return result
-        except Ignore:  # replaced by another canvas (Task.replace): the replacement carries the run on
-            with contextlib.suppress(steplog.LostClaim), session_scope() as s:
-                steplog.finish(s, c, StepStatus.REPLACED, None)
-            raise
-        return result
+            return result, None
 
-    def _finish(self, s: Session, c: steplog.Claim, result: Any) -> None:
-        request = self.request
-        if request.get("hitl_waiting"):
-            steplog.finish(s, c, StepStatus.WAITING, result)
-        else:
-            end = not request.chain and not request.callbacks
-            steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=end)
+    def _run_and_finish(
+        self, s: Session, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any], rest: list[dict[str, Any]]
+    ) -> tuple[Any, OutboxMessage | None]:
+        return self._finish(s, c, self._run_body(args, kwargs), rest)
+
+    def _run_body(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, list[dict[str, Any]] | None]:
+        try:
+            return jsonable(self.run(*args, **kwargs)), None
+        except _Replaced as replaced:
+            return None, replaced.sigs
+
+    def _finish(
+        self,
+        s: Session,
+        c: steplog.Claim,
+        outcome: tuple[Any, list[dict[str, Any]] | None],
+        rest: list[dict[str, Any]],
+    ) -> tuple[Any, OutboxMessage | None]:
+        result, replacement = outcome
+        if replacement is not None:
+            return None, steplog.finish(s, c, StepStatus.REPLACED, None, send=(replacement, []))
+        if self.request.get("hitl_waiting"):
+            return result, steplog.finish(s, c, StepStatus.WAITING, result)
+        if rest:
+            return result, steplog.finish(s, c, StepStatus.FINISHED, result, send=(rest, [result]))
+        return result, steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=True)
 
     def _wants_run_id(self) -> bool:
         if self._accepts_run_id is None:
@@ -128,23 +153,22 @@ class Step(Task):  # type: ignore[misc]
         return bool(self._accepts_run_id)
 
     def replace(self, sig: Signature) -> Any:
-        """Replace this step with ``sig`` (Celery's ``Task.replace``), bound to this step's run.
+        """End this step and go on with ``sig`` (a task or a linear chain) instead, then the rest of the chain.
 
-        The replacement's tasks get ids derived from this step's id, so a second delivery of this step
-        sends the same replacement and its steps recognise themselves.
+        Like Celery's ``Task.replace`` (use it as ``return self.replace(...)``), but the replacement goes
+        through the outbox in this step's completion transaction. Its tasks get ids derived from this step's
+        id, so a second delivery of this step recognises them.
         """
         run_id = (self.request.kwargs or {}).get(RUN_ID_KWARG)
-        if run_id is not None:
-            sig = chain(*with_task_ids(bind_run(sig, run_id), f"{self.request.id}/replace"))
-        return super().replace(sig)
+        if run_id is None:
+            return super().replace(sig)
+        replacement = with_task_ids(bind_run(sig, run_id), f"{self.request.id}/replace")
+        raise _Replaced([dict(x) for x in replacement] + list(self.request.get("hitl_rest") or []))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get(RUN_ID_KWARG)
-        if run_id is None:
-            return
-        if isinstance(exc, KombuOperationalError) and steplog.hand_chain_to_outbox(run_id, task_id, self.request.chain):
-            return  # the step ran; only sending the next one failed (broker down): the outbox relay sends it
-        steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
+        if run_id is not None:
+            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
 
 
 def step(*args: Any, **options: Any) -> Any:

@@ -62,8 +62,7 @@ def wait_for_approval(
         InvalidPayload: a bad ``timeout`` or ``default``, or a subject over the size limit.
     """
     request = self.request
-    continuation = [dict(s) for s in reversed(request.chain or [])]
-    request.chain = None  # the chain ends here; the rest is resumed from the database row
+    continuation = list(request.get("hitl_rest") or [])  # the rest of the chain, resumed from this row
     request.hitl_waiting = True
     if default is not None and default not in (Outcome.APPROVED, Outcome.REJECTED):
         raise InvalidPayload(f"default must be 'approved' or 'rejected', not {default!r}")

@@ -34,7 +34,8 @@ COMMANDS = [
     ["broker"],
     ["broker", "status"],
     ["db"],
-    ["db", "init"],
+    ["db", "upgrade"],
+    ["db", "current"],
     ["sweep"],
     ["relay"],
 ]

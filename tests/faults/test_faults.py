@@ -45,6 +45,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
         HITL_SWEEP_INTERVAL="0.2",
         HITL_RELAY_INTERVAL="0.5",
         HITL_RELAY_GRACE="1",
+        HITL_REDELIVER_AFTER="5",
     ) as s:
         create_test_tables()
         yield s
@@ -58,12 +59,17 @@ def terminal(run_ids: list[str]) -> dict[str, RunStatus]:
     return {rid: st for rid, st in rows if st.terminal}
 
 
-def wait_all_terminal(run_ids: list[str], timeout: float) -> dict[str, RunStatus]:
+def wait_all_terminal(stack: Stack, run_ids: list[str], timeout: float) -> dict[str, RunStatus]:
+    """Wait until every run finished; on timeout fail with what the unfinished runs did last."""
+
     def all_done() -> dict[str, RunStatus] | None:
         done = terminal(run_ids)
         return done if len(done) == len(run_ids) else None
 
-    return wait_for(all_done, timeout, f"all {len(run_ids)} runs to finish", interval=0.5)
+    try:
+        return wait_for(all_done, timeout, f"all {len(run_ids)} runs to finish", interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stuck_report(stack, run_ids)}") from None
 
 
 def effect_counts(run_ids: list[str]) -> Counter[tuple[str, str]]:
@@ -134,6 +140,7 @@ class AutoApprover(threading.Thread):
             self.stop.wait(0.2)
 
 
+@pytest.mark.timeout(600)
 def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack, database_url: str) -> None:
     runs = 300
     rng = random.Random(20261121)
@@ -141,7 +148,7 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
     approver = AutoApprover("chaos")
     approver.start()
     kills = {"pool_process": 0, "whole_worker": 0}
-    deadline = time.monotonic() + 360
+    deadline = time.monotonic() + 150
     try:
         while len(terminal(run_ids)) < runs and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.2, 0.6))
@@ -154,9 +161,7 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
             if children:
                 os.kill(rng.choice(children).pid, 9)
                 kills["pool_process"] += 1
-        statuses = wait_all_terminal(run_ids, timeout=max(60.0, deadline - time.monotonic()))
-    except AssertionError:
-        raise AssertionError(f"runs left unfinished after {kills}:\n{stuck_report(fstack, run_ids)}") from None
+        statuses = wait_all_terminal(fstack, run_ids, timeout=max(60.0, deadline - time.monotonic()))
     finally:
         approver.stop.set()
         approver.join(10)
@@ -186,7 +191,7 @@ def test_redis_killed_and_restarted_mid_run_loses_nothing(fstack: Stack) -> None
     fstack.redis.kill()  # SIGKILL; what it acknowledged is in its append-only file
     time.sleep(3.0)
     fstack.redis.start()
-    statuses = wait_all_terminal(run_ids, timeout=120)
+    statuses = wait_all_terminal(fstack, run_ids, timeout=120)
     assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: len(run_ids)}
     assert_exactly_once(run_ids)
 
@@ -268,7 +273,7 @@ def test_approve_racing_the_deadline_sweep_gives_one_outcome(fstack: Stack) -> N
             outcomes["approved"] += 1
         except (hitl.ApprovalExpired, hitl.AlreadyDecided):
             outcomes["refused"] += 1
-    statuses = wait_all_terminal(run_ids, timeout=60)
+    statuses = wait_all_terminal(fstack, run_ids, timeout=60)
     for a in mine:
         view = hitl.get_approval(a.id)
         assert view.decision is not None
@@ -284,7 +289,7 @@ def test_two_beat_processes_time_out_every_due_approval_once(fstack: Stack) -> N
     second = fstack.add_beat()
     try:
         run_ids = [hitl.start("chaos", {"i": i, "timeout": "1s"}) for i in range(100)]
-        statuses = wait_all_terminal(run_ids, timeout=120)
+        statuses = wait_all_terminal(fstack, run_ids, timeout=120)
         assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: 100}
         with session_scope() as s:
             decisions = s.execute(

@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("args", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"],
@@ -112,7 +113,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("hitl_outbox", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_hitl_outbox_run_id"), ["run_id"], unique=False)
-        batch_op.create_index("ix_hitl_outbox_unsent", ["sent_at", "created_at"], unique=False)
+        batch_op.create_index("ix_hitl_outbox_undelivered", ["delivered_at", "sent_at"], unique=False)
 
     op.create_table(
         "hitl_run_events",
@@ -170,6 +171,7 @@ def upgrade() -> None:
         ),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("next_task_id", sa.String(length=255), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
@@ -210,7 +212,7 @@ def downgrade() -> None:
 
     op.drop_table("hitl_run_events")
     with op.batch_alter_table("hitl_outbox", schema=None) as batch_op:
-        batch_op.drop_index("ix_hitl_outbox_unsent")
+        batch_op.drop_index("ix_hitl_outbox_undelivered")
         batch_op.drop_index(batch_op.f("ix_hitl_outbox_run_id"))
 
     op.drop_table("hitl_outbox")
