@@ -85,12 +85,13 @@ class Step(Task):  # type: ignore[misc]
             return self.run(*args, **kwargs)
         request = self.request
         rest = [dict(sig) for sig in reversed(request.chain or [])]
-        _end_chain(request)  # hitl sends the rest itself, through the outbox
         request.hitl_rest = rest
         c = steplog.claim(run_id, self.name, request.id)
         if c.skip:
+            _end_chain(request)
             return None
         if c.done is not None:  # a second delivery of a step that already ran: reuse its result
+            _end_chain(request)
             if c.next_task_id:  # and make sure what it sent next is on its way
                 outbox.republish_undelivered(c.next_task_id)
             return c.result
@@ -99,7 +100,11 @@ class Step(Task):  # type: ignore[misc]
         try:
             result, row = self._execute(c, [_revive(a) for a in args], kwargs, rest)
         except steplog.LostClaim:  # a later attempt owns this step now and sends what follows
+            _end_chain(request)
             return None
+        # The step completed: hitl sends what follows itself, through the outbox, not Celery. (On an
+        # exception the chain stays on the request, so that Celery's retry re-sends the step with it.)
+        _end_chain(request)
         if row is not None:
             outbox.publish([row])
         return result
