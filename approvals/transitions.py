@@ -21,8 +21,8 @@ from approvals.errors import (
     HitlError,
     InvalidTransition,
 )
-from approvals.models import Approval, Run, utcnow
-from approvals.status import ApprovalStatus, RunStatus, approval_sources, run_sources
+from approvals.models import Approval, Run, RunEvent, utcnow
+from approvals.status import ApprovalStatus, EventKind, RunStatus, approval_sources, run_sources
 
 
 def _rowcount(result: Any) -> int:
@@ -51,6 +51,17 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
         .values(status=target, updated_at=now, **values)
     )
     return _rowcount(session.execute(stmt)) == 1
+
+
+def end_run(
+    session: Session, run_id: str, status: RunStatus, detail: dict[str, Any] | None = None, **values: Any
+) -> bool:
+    """Move run ``run_id`` to the terminal ``status`` (see :func:`move_run`) and, if this call did, append
+    ``run_finished`` to its timeline with ``detail``. Returns whether this call ended the run."""
+    if not move_run(session, run_id, status, **values):
+        return False
+    session.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=status.value, detail=detail or {}))
+    return True
 
 
 def resolve_approval(

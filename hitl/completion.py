@@ -20,7 +20,7 @@ from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, 
 from approvals.policy import continuation_for, timeout_outcome
 from approvals.schemas import Decision, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import move_run, resolve_approval, why_not_pending
+from approvals.transitions import end_run, move_run, resolve_approval, why_not_pending
 from hitl import outbox
 from hitl.db import session_scope
 from hitl.jsonsafe import check_size
@@ -209,8 +209,7 @@ def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMe
     payload = decision.model_dump(mode="json")
     if not sigs:
         status = _TERMINAL_FOR[decision.outcome]
-        if move_run(s, approval.run_id, status, result=payload):
-            s.add(RunEvent(run_id=approval.run_id, kind=EventKind.FINISHED, name=status.value))
+        end_run(s, approval.run_id, status, result=payload)
         return []
     move_run(s, approval.run_id, RunStatus.RUNNING)
     return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [payload])]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from approvals.errors import InfrastructureError, InvalidTransition, RunNotFound
 from approvals.models import Run, RunEvent
 from approvals.status import EventKind, RunStatus
-from approvals.transitions import cancel_pending_approvals, move_run
+from approvals.transitions import cancel_pending_approvals, end_run
 from hitl import outbox
 from hitl.canvas import bind_run
 from hitl.db import session_scope
@@ -87,7 +87,7 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -
         InvalidTransition: the run already finished.
     """
     with session_scope() as s:
-        if not move_run(s, run_id, RunStatus.CANCELLED, error=reason):
+        if not end_run(s, run_id, RunStatus.CANCELLED, {"actor": actor, "reason": reason}, error=reason):
             status = s.scalar(select(Run.status).where(Run.id == run_id))
             if status is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
@@ -102,12 +102,4 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -
                     detail={"outcome": "cancelled", "actor": actor},
                 )
             )
-        s.add(
-            RunEvent(
-                run_id=run_id,
-                kind=EventKind.FINISHED,
-                name=RunStatus.CANCELLED.value,
-                detail={"actor": actor, "reason": reason},
-            )
-        )
     return cancelled

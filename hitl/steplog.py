@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from approvals.errors import HitlError, InfrastructureError
 from approvals.models import OutboxMessage, Run, RunEvent, StepRecord, utcnow
 from approvals.status import EventKind, RunStatus, StepStatus
-from approvals.transitions import move_run
+from approvals.transitions import end_run, move_run
 from hitl import outbox
 from hitl.db import session_scope
 
@@ -180,8 +180,8 @@ def finish(
                 detail=detail,
             )
         )
-    if end_of_chain and move_run(s, c.run_id, RunStatus.SUCCEEDED, result=result):
-        s.add(RunEvent(run_id=c.run_id, kind=EventKind.FINISHED, name=RunStatus.SUCCEEDED.value))
+    if end_of_chain:
+        end_run(s, c.run_id, RunStatus.SUCCEEDED, result=result)
     if send and next_id:
         return outbox.enqueue(s, c.run_id, next_id, send[0], send[1])
     return None
@@ -191,15 +191,7 @@ def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
     """Close the step record as stopped and end the run as ``status`` (see :class:`hitl.Stop`)."""
     with session_scope() as s:
         finish(s, c, StepStatus.STOPPED, result)
-        if move_run(s, c.run_id, status, result=result, error=reason):
-            s.add(
-                RunEvent(
-                    run_id=c.run_id,
-                    kind=EventKind.FINISHED,
-                    name=status.value,
-                    detail={"reason": reason} if reason else {},
-                )
-            )
+        end_run(s, c.run_id, status, {"reason": reason} if reason else None, result=result, error=reason)
 
 
 def fail(run_id: str, name: str, task_id: str, error: str) -> None:
@@ -220,7 +212,4 @@ def fail(run_id: str, name: str, task_id: str, error: str) -> None:
                 started_at=utcnow(),
             )
         )
-        if move_run(s, run_id, RunStatus.FAILED, error=error):
-            s.add(
-                RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=RunStatus.FAILED.value, detail={"error": error})
-            )
+        end_run(s, run_id, RunStatus.FAILED, {"error": error}, error=error)
