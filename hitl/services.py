@@ -61,7 +61,7 @@ def dev(concurrency: int) -> None:
     get_engine()
     click.echo(f"hitl dev: broker {broker_url()}, database {settings.resolved_database_url}")
     services = [start_worker(None, concurrency=concurrency), start_beat(None)]
-    stopping = False
+    stopping = False  # set by Ctrl-C
 
     def _stop(*_: object) -> None:
         nonlocal stopping
@@ -69,8 +69,14 @@ def dev(concurrency: int) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    starters = [lambda: start_worker(None, concurrency=concurrency), lambda: start_beat(None)]
     try:
-        while not stopping and all(s.proc.poll() is None for s in services):
+        while not stopping:
+            for i, service in enumerate(services):
+                if service.proc.poll() is not None and not stopping:
+                    # Restart like a process supervisor would (e.g. a worker that exited on a broker reconnect).
+                    click.echo(f"hitl dev: {service.name} exited with {service.proc.returncode}; restarting it")
+                    services[i] = starters[i]()
             time.sleep(0.2)
     finally:
         for s in services:

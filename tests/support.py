@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,6 +137,19 @@ class Stack:
     redis: RedisServer | None = None
     concurrency: int = 2
     pool: str = "prefork"
+    #: Workers that exited on their own and were restarted, as a process supervisor (systemd, Docker's
+    #: restart policy) would. kombu's Redis transport can exit a worker on reconnect ("Unrecoverable error").
+    crashes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def supervise(self) -> None:
+        """Restart the worker whenever it exits on its own, until the stack stops (runs in a thread)."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                if self.worker.proc.poll() is not None and not self._stopping.is_set():
+                    self.crashes += 1
+                    self.restart_worker(kill=False)
 
     def cli(self, *args: str, timeout: float = 60) -> CliResult:
         return hitl_cli(*args, env=self.env, timeout=timeout)
@@ -144,8 +158,12 @@ class Stack:
     def worker(self) -> Any:
         return self.services[0]
 
-    def restart_worker(self, *, kill: bool = True) -> None:
+    def kill_and_restart_worker(self) -> None:
         """Kill -9 the worker's whole process group (main process and pool), then start a new worker."""
+        with self._lock:
+            self.restart_worker(kill=True)
+
+    def restart_worker(self, *, kill: bool) -> None:
         from hitl.procs import start_worker, wait_ready
 
         old = self.services[0]
@@ -200,10 +218,15 @@ def running_stack(
     if beat:
         services.append(start_beat(home / "beat.log"))
     stack = Stack(home, env, services, redis_server, concurrency, pool)
+    supervisor = threading.Thread(target=stack.supervise, daemon=True)
     try:
         wait_ready(services[0])
+        supervisor.start()
         yield stack
     finally:
+        stack._stopping.set()
+        with stack._lock:
+            pass
         for s in stack.services:
             s.stop()
         if redis_server is not None:

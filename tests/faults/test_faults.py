@@ -153,11 +153,14 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
         while len(terminal(run_ids)) < runs and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.2, 0.6))
             if kills["pool_process"] in (12, 30) and kills["whole_worker"] < 2 and kills["pool_process"] > 0:
-                fstack.restart_worker()  # kill -9 the main process and its pool, start a new worker
+                fstack.kill_and_restart_worker()  # kill -9 the main process and its pool, start a new one
                 kills["whole_worker"] += 1
                 kills["pool_process"] += 1
                 continue
-            children = psutil.Process(fstack.worker.proc.pid).children()
+            try:
+                children = psutil.Process(fstack.worker.proc.pid).children()
+            except psutil.Error:  # the worker is being restarted
+                continue
             if children:
                 os.kill(rng.choice(children).pid, 9)
                 kills["pool_process"] += 1
