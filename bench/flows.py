@@ -1,0 +1,60 @@
+"""Tasks and workflows the benchmark runs on a real worker: plain Celery tasks and their hitl twins.
+
+The baseline's last task counts finished chains with a Redis INCR on the broker's server; hitl's completion is
+read from its own database. Both do the same trivial work per task.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+
+import hitl
+from hitl.broker import broker_url
+
+DONE_KEY = "bench:plain:done"
+
+
+@cache
+def _redis() -> redis.Redis:
+    url = broker_url()
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    return redis.Redis.from_url(url)
+
+
+@hitl.app.task(name="bench.plain.step")
+def plain_step(x: Any) -> Any:
+    return x
+
+
+@hitl.app.task(name="bench.plain.last")
+def plain_last(x: Any) -> Any:
+    _redis().incr(DONE_KEY)
+    return x
+
+
+@hitl.step(name="bench.step")
+def step(x: Any) -> Any:
+    return x if not isinstance(x, hitl.Decision) else x.outcome.value
+
+
+@hitl.workflow("bench-pause")
+def bench_pause(payload: Any) -> Any:
+    """3 steps, a wait, then a 2-step continuation."""
+    return (
+        step.s(payload)
+        | step.s()
+        | step.s()
+        | hitl.wait_for_approval.s(key="bench", timeout="1h")
+        | step.s()
+        | step.s()
+    )
+
+
+@hitl.workflow("bench-nowait")
+def bench_nowait(payload: Any) -> Any:
+    """3 steps and no wait."""
+    return step.s(payload) | step.s() | step.s()

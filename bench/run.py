@@ -1,0 +1,420 @@
+"""hitl against plain Celery, measured in one invocation with the same worker settings.
+
+    python bench/run.py            # SQLite and PostgreSQL, full sizes
+    python bench/run.py --quick    # smaller sizes, under 3 minutes
+
+Real processes: a Redis server (the embedded binary), a 2-process prefork ``celery worker`` started with the
+same ``celeryconfig`` for the baseline and for hitl, SQLite and a throwaway PostgreSQL server. Prints a table
+(figure, baseline, value, ratio, target, met or short) and writes ``bench/results/latest.json``.
+Figures implemented: 1 (start → pause throughput), 2 (decision throughput), 4 (deadline sweep), 5 (storage),
+6 (no-wait workflow vs plain chain, worker RSS). Figure 3 (decision latency percentiles) is not measured yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 600, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark phase did not finish")
+        time.sleep(interval)
+
+
+def figure(
+    name: str,
+    db: str,
+    baseline: float | None,
+    value: float,
+    unit: str,
+    target: str,
+    met: bool | None,
+    higher_is_better: bool = True,
+) -> Row:
+    ratio = (value / baseline) if baseline else None
+    return {
+        "figure": name,
+        "database": db,
+        "baseline": baseline,
+        "value": value,
+        "unit": unit,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+        "higher_is_better": higher_is_better,
+    }
+
+
+def worker_rss_mb(stack: Any) -> float:
+    proc = psutil.Process(stack.worker.proc.pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def throughput(stack: Any, db: str, n: int) -> list[Row]:
+    from celery import chain
+
+    import hitl
+    from approvals.models import Approval, Run
+    from approvals.status import ApprovalStatus, RunStatus
+    from bench.flows import DONE_KEY, _redis, plain_last, plain_step
+    from hitl.db import session_scope
+
+    def count(stmt: Any) -> int:
+        with session_scope() as s:
+            return int(s.scalar(stmt) or 0)
+
+    def plain(n_chains: int, tasks: int) -> float:
+        _redis().set(DONE_KEY, 0)
+        t0 = time.perf_counter()
+        for i in range(n_chains):
+            chain(
+                *[plain_step.s(i) if k == 0 else plain_step.s() for k in range(tasks - 1)], plain_last.s()
+            ).apply_async()
+        wait_until(lambda: int(_redis().get(DONE_KEY) or 0) >= n_chains)
+        return n_chains / (time.perf_counter() - t0)
+
+    def runs_in(workflow: str, status: RunStatus) -> Any:
+        return select(func.count()).select_from(Run).where(Run.workflow == workflow, Run.status == status)
+
+    # warm up both paths (imports, connections, first-touch of tables)
+    plain(20, 3)
+    for i in range(20):
+        hitl.start("bench-nowait", i)
+    wait_until(lambda: count(runs_in("bench-nowait", RunStatus.SUCCEEDED)) >= 20)
+    rss_plain = worker_rss_mb(stack)
+
+    base3 = plain(n, 3)
+    t0 = time.perf_counter()
+    for i in range(n):
+        hitl.start("bench-pause", i)
+    pending = select(func.count()).select_from(Approval).where(Approval.status == ApprovalStatus.PENDING)
+    wait_until(lambda: count(pending) >= n)
+    pause = n / (time.perf_counter() - t0)
+
+    ids = [a for (a,) in _rows(select(Approval.id).where(Approval.status == ApprovalStatus.PENDING))]
+    base2 = plain(n, 2)
+    t0 = time.perf_counter()
+    for a in ids:
+        hitl.approve(a, actor="bench")
+    wait_until(lambda: count(runs_in("bench-pause", RunStatus.SUCCEEDED)) >= n)
+    decide = n / (time.perf_counter() - t0)
+
+    base3b = plain(n, 3)
+    t0 = time.perf_counter()
+    for i in range(n):
+        hitl.start("bench-nowait", i)
+    wait_until(lambda: count(runs_in("bench-nowait", RunStatus.SUCCEEDED)) >= n + 20)
+    nowait = n / (time.perf_counter() - t0)
+    rss_hitl = worker_rss_mb(stack)
+
+    pause_target = 0.9 if db == "sqlite" else 0.8
+    return [
+        figure(
+            "1. start→pause throughput (3 steps + wait)",
+            db,
+            base3,
+            pause,
+            "runs/s",
+            f">= {pause_target}x",
+            pause / base3 >= pause_target,
+        ),
+        figure(
+            "2. decision → 2-step continuation done", db, base2, decide, "runs/s", ">= 0.85x", decide / base2 >= 0.85
+        ),
+        figure(
+            "6. workflow without wait vs plain 3-chain",
+            db,
+            base3b,
+            nowait,
+            "runs/s",
+            ">= 0.95x",
+            nowait / base3b >= 0.95,
+        ),
+        figure(
+            "6. worker RSS after the workload",
+            db,
+            rss_plain,
+            rss_hitl,
+            "MB",
+            "<= +25 MB",
+            rss_hitl - rss_plain <= 25,
+            higher_is_better=False,
+        ),
+    ]
+
+
+def _rows(stmt: Any) -> list[Any]:
+    from hitl.db import session_scope
+
+    with session_scope() as s:
+        return list(s.execute(stmt))
+
+
+def _insert_pending(count: int, due: bool, continuation: list[Any]) -> None:
+    from approvals.models import Approval, Run
+    from hitl.db import session_scope
+    from hitl.ids import new_id
+
+    now = datetime.now(UTC)
+    deadline = now - timedelta(seconds=1) if due else now + timedelta(days=1)
+    batch = 5000
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
+        run_ids = [new_id() for _ in range(size)]
+        with session_scope() as s:
+            s.execute(
+                insert(Run),
+                [
+                    {
+                        "id": r,
+                        "workflow": "bench-storage",
+                        "status": "waiting",
+                        "payload": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for r in run_ids
+                ],
+            )
+            s.execute(
+                insert(Approval),
+                [
+                    {
+                        "id": new_id(),
+                        "run_id": r,
+                        "key": "bench",
+                        "status": "pending",
+                        "step_task_id": new_id() + new_id(),
+                        "subject": None,
+                        "assignees": [],
+                        "deadline": deadline,
+                        "continuation": continuation,
+                        "created_at": now,
+                    }
+                    for r in run_ids
+                ],
+            )
+
+
+def sweep_and_storage(db: str, due: int, big: int) -> list[Row]:
+    from approvals.models import Approval
+    from bench.flows import step
+    from hitl.canvas import bind_run
+    from hitl.completion import sweep_deadlines
+    from hitl.db import get_engine, session_scope
+
+    # What a real wait stores: the 2-step continuation of bench-pause, bound to a run.
+    continuation = bind_run(step.s() | step.s(), "0123456789abcdef")
+
+    def clear() -> None:
+        runs = "SELECT id FROM hitl_runs WHERE workflow = 'bench-storage'"
+        approvals = f"SELECT id FROM hitl_approvals WHERE run_id IN ({runs})"
+        with session_scope() as s:
+            s.execute(text(f"DELETE FROM hitl_run_events WHERE run_id IN ({runs})"))
+            s.execute(text(f"DELETE FROM hitl_decisions WHERE approval_id IN ({approvals})"))
+            s.execute(text(f"DELETE FROM hitl_approvals WHERE run_id IN ({runs})"))
+            s.execute(text(f"DELETE FROM hitl_runs WHERE id IN ({runs})"))
+
+    def timed_sweep() -> float:
+        t0 = time.perf_counter()
+        while sweep_deadlines(limit=due) > 0:
+            pass
+        return time.perf_counter() - t0
+
+    rows = []
+    clear()
+    _insert_pending(due, True, [])
+    _insert_pending(due, False, [])
+    small = timed_sweep()
+    clear()
+    _insert_pending(big, False, continuation)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        sweep_deadlines(limit=due)
+    empty = (time.perf_counter() - t0) / 20
+    engine = get_engine()
+    with engine.connect() as conn:
+        if db == "postgresql":
+            size = conn.execute(text("SELECT pg_total_relation_size('hitl_approvals')")).scalar()
+        else:
+            try:
+                size = conn.execute(
+                    text(
+                        "SELECT SUM(pgsize) FROM dbstat WHERE name = 'hitl_approvals' "
+                        "OR name LIKE 'ix_hitl_approvals%' OR name LIKE 'sqlite_autoindex_hitl_approvals%'"
+                    )
+                ).scalar()
+            except Exception:  # dbstat not compiled in: fall back to the whole file
+                size = conn.execute(
+                    text("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                ).scalar()
+    with session_scope() as s:
+        n_pending = s.scalar(select(func.count()).select_from(Approval).where(Approval.status == "pending")) or 1
+    per_row = float(size or 0) / n_pending
+    _insert_pending(due, True, [])
+    large = timed_sweep()
+    rows += [
+        figure(
+            f"4. sweep {due} due among {due} pending",
+            db,
+            None,
+            small * 1000,
+            "ms",
+            "<= 200 ms",
+            small <= 0.2,
+            higher_is_better=False,
+        ),
+        figure(
+            f"4. sweep {due} due among {big} pending",
+            db,
+            small * 1000,
+            large * 1000,
+            "ms",
+            "ratio <= 1.2",
+            large / small <= 1.2,
+            higher_is_better=False,
+        ),
+        figure(
+            f"4. sweep with nothing due among {big} pending",
+            db,
+            None,
+            empty * 1000,
+            "ms",
+            "<= 2 ms",
+            empty <= 0.002,
+            higher_is_better=False,
+        ),
+        figure(
+            f"5. bytes per pending approval at {big} rows (table + indexes)",
+            db,
+            None,
+            per_row,
+            "bytes",
+            "<= 1024",
+            per_row <= 1024,
+            higher_is_better=False,
+        ),
+    ]
+    clear()
+    return rows
+
+
+def redis_bytes_while_waiting(stack: Any, db: str) -> Row:
+    import hitl
+    from bench.flows import _redis
+
+    client = _redis()
+    keys_before = {k for k in client.keys() if not k.startswith(b"_kombu")}  # noqa: SIM118 - Redis KEYS
+    for i in range(200):
+        hitl.start("bench-pause", i)
+    wait_until(
+        lambda: (
+            client.llen("celery") == 0
+            and client.hlen("unacked") == 0
+            and len(hitl.list_approvals(workflow="bench-pause", limit=10_000)) >= 200
+        )
+    )
+    keys_after = {k for k in client.keys() if not k.startswith(b"_kombu")} - keys_before  # noqa: SIM118
+    keys_after -= {b"unacked_mutex"}
+    held = sum(client.memory_usage(k) or 0 for k in keys_after)
+    return figure(
+        "5. bytes in Redis held by 200 waiting runs",
+        db,
+        None,
+        float(held),
+        "bytes",
+        "0",
+        held == 0,
+        higher_is_better=False,
+    )
+
+
+def run_db(db: str, quick: bool, pg: Any) -> list[Row]:
+    from tests.support import running_stack
+
+    n = 300 if quick else 2000
+    due, big = (2000, 50_000) if quick else (10_000, 1_000_000)
+    home = Path(tempfile.mkdtemp(prefix=f"hitl-bench-{db}-"))
+    url = pg.create_database("bench") if db == "postgresql" else ""
+    from bench.flows import _redis
+
+    _redis.cache_clear()  # each database gets its own stack and broker
+    with running_stack(
+        home, beat=False, HITL_DATABASE_URL=url, HITL_WORKFLOW_MODULES='["tasks", "bench.flows"]'
+    ) as stack:
+        rows = throughput(stack, db, n)
+        rows.append(redis_bytes_while_waiting(stack, db))
+        rows += sweep_and_storage(db, due, big)
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"\n{'figure':58} {'db':10} {'baseline':>10} {'value':>10} {'unit':7} {'ratio':>6}  {'target':14} result")
+    for r in rows:
+        base = f"{r['baseline']:.1f}" if r["baseline"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        print(
+            f"{r['figure'][:58]:58} {r['database']:10} {base:>10} {r['value']:>10.1f} {r['unit']:7} {ratio:>6}  "
+            f"{r['target']:14} {'met' if r['met'] else 'short'}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (under 3 minutes)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    from tests.pg import start_postgres
+
+    dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    pg = start_postgres() if "postgresql" in dbs else None
+    started = time.time()
+    rows: list[Row] = []
+    try:
+        for db in dbs:
+            print(f"measuring on {db}...", flush=True)
+            rows += run_db(db, args.quick, pg)
+    finally:
+        if pg is not None:
+            pg.stop()
+    print_table(rows)
+    out = {
+        "when": datetime.now(UTC).isoformat(),
+        "quick": args.quick,
+        "seconds": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "figures": rows,
+    }
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "latest.json").write_text(json.dumps(out, indent=2))
+    print(f"\nwrote bench/results/latest.json ({out['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
