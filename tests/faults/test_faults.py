@@ -179,6 +179,7 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
             "lost": sum(1 for r in run_ids for x in "abc" if counts[(r, x)] == 0),
             "duplicated": sum(n - 1 for n in counts.values() if n > 1),
             "succeeded": sum(1 for st in statuses.values() if st is RunStatus.SUCCEEDED),
+            "worker_exits_restarted_by_supervisor": fstack.crashes,
         }
     )
     assert kills["pool_process"] >= 10
