@@ -145,13 +145,3 @@ def is_sent(task_id: str) -> bool | None:
     with session_scope() as s:
         row = s.execute(select(OutboxMessage.sent_at).where(OutboxMessage.task_id == task_id)).one_or_none()
     return None if row is None else row[0] is not None
-
-
-def undelivered_count() -> int:
-    """Return how many outbox rows have not reached their step yet."""
-    from sqlalchemy import func
-
-    with session_scope() as s:
-        return int(
-            s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.delivered_at.is_(None))) or 0
-        )
