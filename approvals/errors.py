@@ -14,9 +14,16 @@ class HitlError(Exception):
     exit_code = 1
     http_status = 500
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, details: list[dict[str, str]] | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip().splitlines()[0]
+        #: Itemised problems (``{"loc": ..., "msg": ...}``), e.g. each field failing a decision schema.
+        self.details = details or []
         super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        """A stable snake_case name of the error for API clients (``already_decided``, ``run_not_found``)."""
+        return "".join(f"_{c.lower()}" if c.isupper() else c for c in type(self).__name__).lstrip("_")
 
 
 class DomainError(HitlError):
@@ -65,6 +72,22 @@ class NotAllowed(DomainError):
     http_status = 403
 
 
+class Unauthenticated(DomainError):
+    """Authentication is required: send a valid API key or token as "Authorization: Bearer <key>"."""
+
+    http_status = 401
+
+
+class LinkInvalid(DomainError):
+    """The link or token is not valid: it was altered, has expired, or was made for another approval."""
+
+    http_status = 403
+
+
+class LinkUsed(InvalidTransition):
+    """The link was already used; a one-click link decides once."""
+
+
 class UsageError(DomainError):
     """The input is not valid."""
 
@@ -92,6 +115,8 @@ class PayloadTooLarge(UsageError):
 
 class InfrastructureError(HitlError):
     """The database or the broker failed."""
+
+    http_status = 503
 
 
 class BrokerUnavailable(InfrastructureError):

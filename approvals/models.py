@@ -101,6 +101,8 @@ class Approval(Base):
     on_timeout: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     #: Outcome applied at the deadline instead of ``timed_out`` ("approved" or "rejected"), if declared.
     timeout_default: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: The JSON Schema a decision's data must satisfy, and the pydantic model it came from ("module:Name").
+    decision_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
@@ -181,3 +183,34 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApiKey(Base):
+    """A credential of the HTTP API. Only the SHA-256 of the secret is stored; the key is shown once.
+
+    The secret is 32 random bytes, so a fast hash is enough (no password stretching needed): guessing it is
+    as hard as guessing the key itself.
+    """
+
+    __tablename__ = "hitl_api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: Who acts with this key: recorded as the decider of the decisions made with it.
+    actor: Mapped[str] = mapped_column(String(200))
+    #: What the key may do (see :class:`approvals.status.Scope`).
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class UsedToken(Base):
+    """The nonce of a single-use signed link, written in the transaction of the decision it made."""
+
+    __tablename__ = "hitl_used_tokens"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -81,6 +81,8 @@ class ApprovalView(BaseModel):
     created_at: datetime
     resolved_at: datetime | None
     decision: DecisionView | None
+    #: JSON Schema an approval's data must satisfy (declared by the wait), or None.
+    decision_schema: dict[str, Any] | None = None
 
 
 class EventView(BaseModel):

@@ -69,6 +69,17 @@ class EventKind(StrEnum):
     WAITING = "waiting_for_input"  # a wait step stored an approval and ended the chain
     RESOLVED = "input_resolved"  # an approval was decided, timed out or cancelled
     FINISHED = "run_finished"  # the run reached a terminal status
+    REFUSED = "decision_refused"  # a decision attempt was refused (not allowed); nothing else changed
+
+
+class Scope(StrEnum):
+    """What an API key may do over HTTP."""
+
+    READ = "read"  # read runs, approvals and their live events
+    START = "start"  # start runs
+    DECIDE = "decide"  # approve, reject or complete approvals, as the key's actor
+    CANCEL = "cancel"  # cancel runs
+    DELEGATE = "delegate"  # make signed links and approval-scoped tokens for other people
 
 
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {

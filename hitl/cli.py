@@ -156,10 +156,17 @@ def approvals() -> None:
 @click.option("--workflow", help="Only approvals of this workflow.")
 @click.option("--run", "run_id", metavar="RUN", help="Only approvals of this run.")
 @click.option("--older-than", type=click.FloatRange(min=0), metavar="SECONDS", help="Only approvals at least this old.")
+@click.option("--assignee", metavar="NAME", help="Only approvals assigned to this user or group.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, help="At most this many, oldest first.")
 @json_option
 def approvals_list(
-    status: str, workflow: str | None, run_id: str | None, older_than: float | None, limit: int, as_json: bool
+    status: str,
+    workflow: str | None,
+    run_id: str | None,
+    older_than: float | None,
+    assignee: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List approvals, oldest first (pending ones by default)."""
     import hitl
@@ -171,6 +178,7 @@ def approvals_list(
         run_id=run_id,
         older_than=older_than,
         limit=limit,
+        assignee=assignee,
     )
     if as_json:
         print_json(rows)
@@ -190,6 +198,49 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
 
     view = hitl.get_approval(approval_id)
     print_json(view) if as_json else show_approval(view)
+
+
+TTL = click.option(
+    "--ttl",
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="How long it stays valid. [default: HITL_LINK_TTL / HITL_TOKEN_TTL]",
+)
+
+
+@approvals.command("link")
+@click.argument("approval_id")
+@click.option("--for", "actor", required=True, help="Who the link is for; recorded as the decider.")
+@click.option("--action", type=click.Choice(["approve", "reject"]), default="approve", help="What the link does.")
+@TTL
+@json_option
+def approvals_link(approval_id: str, actor: str, action: str, ttl: float | None, as_json: bool) -> None:
+    """Print a signed one-click link for email or chat: one person, one action, expiring, single use.
+
+    The link opens a page under HITL_PUBLIC_URL (served by `hitl serve`) with the request and one button;
+    opening it decides nothing, so mail scanners that prefetch links cannot approve.
+    """
+    from hitl.auth import link
+    from hitl.render import print_json
+
+    url = link(approval_id, actor, action, ttl)
+    print_json({"url": url, "approval_id": approval_id, "actor": actor, "action": action}) if as_json else click.echo(
+        url
+    )
+
+
+@approvals.command("token")
+@click.argument("approval_id")
+@click.option("--for", "actor", required=True, help="Who the token is for; recorded as the decider.")
+@TTL
+@json_option
+def approvals_token(approval_id: str, actor: str, ttl: float | None, as_json: bool) -> None:
+    """Print a token that reads and decides APPROVAL_ID only (safe to hand to a browser approval card)."""
+    from hitl.auth import approval_token
+    from hitl.render import print_json
+
+    token = approval_token(approval_id, actor, ttl)
+    print_json({"token": token, "approval_id": approval_id, "actor": actor}) if as_json else click.echo(token)
 
 
 def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, data: str | None, as_json: bool) -> None:

@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approvals.errors import InvalidDecision
-from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, utcnow
-from approvals.policy import continuation_for, timeout_outcome
+from approvals.errors import ApprovalNotFound, InvalidDecision, LinkUsed, NotAllowed
+from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, utcnow
+from approvals.policy import continuation_for, timeout_outcome, validate_decision_data
 from approvals.schemas import Decision, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import end_run, move_run, resolve_approval, why_not_pending
@@ -42,6 +43,7 @@ def decide(
     comment: str | None = None,
     data: dict[str, Any] | None = None,
     channel: str = "api",
+    link_nonce: str | None = None,
 ) -> Decision:
     """Record a person's decision on a pending approval and resume its run.
 
@@ -50,17 +52,23 @@ def decide(
         outcome: ``"approved"`` or ``"rejected"``.
         actor: who decided (recorded as the decider); non-empty.
         comment: free text shown in the timeline and passed to the continuation.
-        data: a JSON object passed to the continuation in ``Decision.data``.
-        channel: where the decision came from (``cli``, ``api``, ``http``), for the audit trail.
+        data: a JSON object passed to the continuation in ``Decision.data``; an approval's data must
+            satisfy the decision schema its wait declared.
+        channel: where the decision came from (``cli``, ``api``, ``http``, ``link``, ``inbox``), for the
+            audit trail.
+        link_nonce: the nonce of the single-use link that carries this decision; stored in the same
+            transaction, so a link decides at most once.
 
     Returns:
         The :class:`~approvals.schemas.Decision` the continuation receives.
 
     Raises:
-        InvalidDecision: bad outcome, empty actor, or ``data`` not a JSON object.
+        InvalidDecision: bad outcome, empty actor, ``data`` not a JSON object or failing the wait's decision
+            schema (``details`` itemises the failures).
         PayloadTooLarge: ``data`` exceeds ``HITL_MAX_PAYLOAD_BYTES``.
         ApprovalNotFound, AlreadyDecided, ApprovalExpired, ApprovalCancelled: the compare-and-set lost;
             nothing was changed.
+        LinkUsed: ``link_nonce`` was used before; nothing was changed.
     """
     try:
         outcome = Outcome(outcome)
@@ -79,10 +87,45 @@ def decide(
         if not resolve_approval(s, approval_id, outcome.approval_status, before_deadline=now):
             raise why_not_pending(s, approval_id, now)
         approval = s.get_one(Approval, approval_id)
+        validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
+        if link_nonce is not None:
+            _use_link(s, approval_id, link_nonce, actor)
         decision = _record(s, approval, outcome, actor.strip(), comment, data, channel, now, defaulted=False)
         sent = _resume(s, approval, decision)
     outbox.publish(sent)
     return decision
+
+
+def refuse(approval_id: str, *, actor: str, channel: str, reason: str) -> NotAllowed:
+    """Record a refused decision attempt on ``approval_id`` in its run's timeline; return the error to raise.
+
+    Nothing else changes: the approval stays as it was. Used when a caller without the right to decide
+    tries to (an API key without the ``decide`` scope, a token made for another approval).
+
+    Raises:
+        ApprovalNotFound: no approval has that id (nothing is recorded).
+    """
+    with session_scope() as s:
+        run_id = s.scalar(select(Approval.run_id).where(Approval.id == approval_id))
+        if run_id is None:
+            raise ApprovalNotFound(f"no approval has id {approval_id!r}")
+        s.add(
+            RunEvent(
+                run_id=run_id,
+                kind=EventKind.REFUSED,
+                name=approval_id,
+                detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
+            )
+        )
+    return NotAllowed(reason)
+
+
+def _use_link(s: Session, approval_id: str, nonce: str, actor: str) -> None:
+    s.add(UsedToken(nonce=nonce, approval_id=approval_id, actor=actor))
+    try:
+        s.flush()
+    except IntegrityError:
+        raise LinkUsed("this link was already used; a one-click link decides once") from None
 
 
 def continuation_sent(approval_id: str) -> bool | None:

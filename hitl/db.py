@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.errors import HitlError, InfrastructureError
+from hitl import events
 from hitl.settings import get_settings
 
 #: SQLite waits this long (ms) for a lock held by another process before failing.
@@ -62,6 +63,7 @@ def get_engine() -> Engine:
         fresh = _engine is None
         _engine = make_engine(get_settings().resolved_database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
+        events.install(_factory)
         _pid = os.getpid()
         if fresh and get_settings().auto_migrate:
             from hitl.migrate import upgrade

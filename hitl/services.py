@@ -8,6 +8,7 @@ import time
 
 import click
 
+from approvals.status import Scope
 from hitl.cli import CONTEXT, HitlGroup, cli, json_option
 
 
@@ -200,3 +201,91 @@ def relay(as_json: bool) -> None:
 
     sent = relay_now(grace_seconds=0)
     print_json({"sent": sent}) if as_json else click.echo(f"{sent} message(s) sent")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", envvar="HITL_API_HOST", show_envvar=True, help="Interface to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, envvar="HITL_API_PORT", show_envvar=True, help="Port."
+)
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level."
+)
+def serve(host: str, port: int, log_level: str) -> None:
+    """Serve the HTTP API (/api/v1, OpenAPI at /openapi.json, docs at /docs) and the approval inbox (/inbox).
+
+    Sign in to the inbox with an API key from `hitl keys create`. Signed links (`hitl approvals link`) point
+    at HITL_PUBLIC_URL, which should be where people reach this server.
+    """
+    import uvicorn
+
+    from hitl.api import create_app
+    from hitl.broker import ensure_broker
+    from hitl.db import get_engine
+
+    ensure_broker()
+    get_engine()
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+@cli.group(cls=HitlGroup, context_settings=CONTEXT)
+def keys() -> None:
+    """Create, list and revoke API keys (stored hashed; a key is shown once)."""
+
+
+SCOPES = [s.value for s in Scope]
+
+
+@keys.command("create")
+@click.option("--actor", required=True, help="Who acts with the key; recorded as the decider of its decisions.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(SCOPES),
+    help="What the key may do (repeat). read: runs and approvals; start: start runs; decide: approve/reject;"
+    " cancel: cancel runs; delegate: make links and approval tokens for others. [default: read, decide]",
+)
+@click.option("--note", default="", help="What the key is for (shown by `hitl keys list`).")
+@json_option
+def keys_create(actor: str, scopes: tuple[str, ...], note: str, as_json: bool) -> None:
+    """Create an API key for ACTOR and print it (once: only its hash is stored)."""
+    from hitl.auth import DEFAULT_SCOPES, create_key
+    from hitl.render import print_json
+
+    view, secret = create_key(actor, [Scope(s) for s in scopes] or list(DEFAULT_SCOPES), note)
+    if as_json:
+        print_json({**view.model_dump(mode="json"), "key": secret})
+    else:
+        click.echo(secret)
+        click.echo(f"key {view.id} for {view.actor}: {', '.join(view.scopes)} (shown once; store it now)", err=True)
+
+
+@keys.command("list")
+@json_option
+def keys_list(as_json: bool) -> None:
+    """List API keys (never their secrets)."""
+    from hitl.auth import list_keys
+    from hitl.render import print_json
+
+    found = list_keys()
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo("no API keys")
+    for k in found:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
+        click.echo(f"{k.id}  {k.actor:16} {','.join(k.scopes):32} {state:24} {k.note}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_option
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke KEY_ID: requests with it get 401 and its inbox sessions end."""
+    from hitl.auth import revoke_key
+    from hitl.render import print_json
+
+    revoke_key(key_id)
+    print_json({"id": key_id, "revoked": True}) if as_json else click.echo(f"key {key_id} revoked")

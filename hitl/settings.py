@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from approvals.errors import InvalidSettings
@@ -50,6 +52,18 @@ class Settings(BaseSettings):
     )
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload or decision data, in bytes of JSON.")
     sweep_batch: int = Field(500, gt=0, description="Approvals timed out per sweep transaction.")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Server secret (HMAC) of signed links, approval tokens and inbox sessions; default: a random"
+        " key kept in HITL_HOME/secret.key. Set the same value on every API host.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of `hitl serve` as people reach it (used in signed links)."
+    )
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest HTTP request body the API accepts, in bytes.")
+    link_ttl: float = Field(7 * 86400, gt=0, description="Seconds a signed one-click link stays valid.")
+    token_ttl: float = Field(86400, gt=0, description="Seconds an approval-scoped token stays valid.")
+    session_ttl: float = Field(12 * 3600, gt=0, description="Seconds an inbox browser session stays signed in.")
 
     @model_validator(mode="after")
     def _visibility_outlasts_steps(self) -> Settings:
@@ -64,6 +78,25 @@ class Settings(BaseSettings):
         path = self.home.expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def secret(self) -> bytes:
+        """The HMAC secret: ``secret_key``, or a random key created once in ``HITL_HOME/secret.key`` (0600)."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.home_dir / "secret.key"
+        if not path.exists():
+            # Write a temporary file, then hard-link it into place: of racing processes one link wins and
+            # every process reads the same complete key.
+            tmp = path.with_name(f"secret.key.{os.getpid()}")
+            tmp.write_bytes(secrets.token_hex(32).encode())
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_bytes().strip()
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import base64
+import json
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import String, and_, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from approvals.errors import ApprovalNotFound, RunNotFound
+from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
 from approvals.models import Approval, Run, RunEvent, utcnow
 from approvals.schemas import ApprovalView, DecisionView, EventView, Outcome, RunView
-from approvals.status import ApprovalStatus, RunStatus
+from approvals.status import ApprovalStatus, EventKind, RunStatus
 from hitl.db import session_scope
+from hitl.events import LiveEvent, live_event
 
 
 def _approval_view(a: Approval, workflow: str) -> ApprovalView:
@@ -27,6 +30,7 @@ def _approval_view(a: Approval, workflow: str) -> ApprovalView:
         deadline=a.deadline,
         created_at=a.created_at,
         resolved_at=a.resolved_at,
+        decision_schema=a.decision_schema,
         decision=None
         if d is None
         else DecisionView(
@@ -46,13 +50,25 @@ def list_approvals(
     run_id: str | None = None,
     older_than: float | None = None,
     limit: int = 100,
+    *,
+    assignee: str | None = None,
+    after: str | None = None,
 ) -> list[ApprovalView]:
-    """Return approvals, oldest first, filtered by status (None: any), workflow, run and age (s)."""
+    """Return approvals, oldest first, filtered by status (None: any), workflow, run, age and assignee.
+
+    Args:
+        older_than: only approvals created at least this many seconds ago.
+        assignee: only approvals whose assignees include this user or group name.
+        after: a cursor (:func:`approval_cursor` of the last item of the previous page): the page after it.
+
+    Raises:
+        InvalidPayload: ``after`` is not a cursor this function made.
+    """
     stmt = (
         select(Approval, Run.workflow)
         .join(Run, Run.id == Approval.run_id)
         .options(selectinload(Approval.decision))
-        .order_by(Approval.created_at)
+        .order_by(Approval.created_at, Approval.id)
         .limit(limit)
     )
     if status is not None:
@@ -63,8 +79,49 @@ def list_approvals(
         stmt = stmt.where(Approval.run_id == run_id)
     if older_than is not None:
         stmt = stmt.where(Approval.created_at <= utcnow() - timedelta(seconds=older_than))
+    if assignee:
+        # Assignees are a JSON list; match the quoted name in its text form (portable across databases).
+        stmt = stmt.where(cast(Approval.assignees, String).contains(json.dumps(assignee), autoescape=True))
+    if after:
+        created, last_id = _parse_cursor(after)
+        stmt = stmt.where(
+            or_(Approval.created_at > created, and_(Approval.created_at == created, Approval.id > last_id))
+        )
     with session_scope() as s:
         return [_approval_view(a, wf) for a, wf in s.execute(stmt)]
+
+
+def approval_cursor(view: ApprovalView) -> str:
+    """Return the opaque cursor of ``view`` for :func:`list_approvals`'s ``after`` (keyset pagination)."""
+    return base64.urlsafe_b64encode(json.dumps([view.created_at.isoformat(), view.id]).encode()).decode()
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(last_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidPayload(f"not a page cursor: {cursor[:40]!r}") from exc
+
+
+def events_after(run_id: str | None, after_id: int, kinds: frozenset[EventKind] | None = None) -> list[LiveEvent]:
+    """Return timeline events with an id above ``after_id`` (of one run, or of every run), oldest first.
+
+    Used to replay what a live-event subscriber missed (SSE ``Last-Event-ID``); at most 1000.
+    """
+    stmt = select(RunEvent).where(RunEvent.id > after_id).order_by(RunEvent.id).limit(1000)
+    if run_id is not None:
+        stmt = stmt.where(RunEvent.run_id == run_id)
+    if kinds is not None:
+        stmt = stmt.where(RunEvent.kind.in_(kinds))
+    with session_scope() as s:
+        return [live_event(e) for e in s.scalars(stmt)]
+
+
+def last_event_id() -> int:
+    """Return the id of the newest timeline event (0 when there is none)."""
+    with session_scope() as s:
+        return int(s.scalar(select(func.max(RunEvent.id))) or 0)
 
 
 def get_approval(approval_id: str) -> ApprovalView:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from celery import Signature
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
 from approvals.models import Approval, RunEvent, utcnow
+from approvals.policy import check_decision_schema
 from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import move_run
@@ -21,10 +24,43 @@ from hitl.canvas import as_sig_list
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size
 from hitl.settings import get_settings
-from hitl.steps import parse_duration, step
+from hitl.steps import Step, parse_duration, step
 
 
-@step(name="hitl.wait_for_approval", bind=True, transactional=True)
+def decision_schema_of(decision: Any) -> dict[str, Any] | None:
+    """Return the JSON Schema of a wait's ``decision`` option: a pydantic model class or a schema dict.
+
+    Raises:
+        InvalidPayload: neither, or not a valid JSON Schema of an object.
+    """
+    if decision is None:
+        return None
+    if isinstance(decision, type) and issubclass(decision, BaseModel):
+        decision = decision.model_json_schema()
+    if not isinstance(decision, dict):
+        raise InvalidPayload("decision must be a pydantic model class or a JSON Schema dict")
+    check_decision_schema(decision)
+    return decision
+
+
+class WaitStep(Step):
+    """The wait step's task class: ``.s(decision=Model)`` turns the model into its JSON Schema when the
+    signature is made, so only JSON travels in the message."""
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """Celery's ``s()``, with ``decision`` turned into a JSON Schema."""
+        if kwargs.get("decision") is not None:
+            kwargs["decision"] = decision_schema_of(kwargs["decision"])
+        return super().s(*args, **kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """Celery's ``si()``, with ``decision`` turned into a JSON Schema."""
+        if kwargs.get("decision") is not None:
+            kwargs["decision"] = decision_schema_of(kwargs["decision"])
+        return super().si(*args, **kwargs)
+
+
+@step(name="hitl.wait_for_approval", bind=True, transactional=True, base=WaitStep)
 def wait_for_approval(
     self: Any,
     subject: Any = None,
@@ -37,6 +73,7 @@ def wait_for_approval(
     on_reject: Any = None,
     on_timeout: Any = None,
     default: str | None = None,
+    decision: dict[str, Any] | None = None,
 ) -> str:
     """Pause the run for a human decision on ``subject`` (the previous step's result).
 
@@ -53,13 +90,16 @@ def wait_for_approval(
         on_timeout: a signature or chain resumed instead of the continuation at the deadline.
         default: ``"approved"`` or ``"rejected"``: the outcome applied at the deadline instead of
             ``timed_out``.
+        decision: a pydantic model class (turned into its JSON Schema by ``.s()``) or a JSON Schema dict
+            that an approval's data must satisfy; the inbox renders a form from it and a decision failing
+            it is refused (``InvalidDecision``: CLI exit 2, HTTP 422) with nothing changed.
 
     Returns:
         The approval id. The chain ends here; the continuation (the rest of the chain) is stored and is
         resumed by the completion handler with a :class:`~approvals.schemas.Decision`.
 
     Raises:
-        InvalidPayload: a bad ``timeout`` or ``default``, or a subject over the size limit.
+        InvalidPayload: a bad ``timeout``, ``default`` or ``decision`` schema, or a subject over the size limit.
     """
     request = self.request
     continuation = list(request.get("hitl_rest") or [])  # the rest of the chain, resumed from this row
@@ -68,6 +108,7 @@ def wait_for_approval(
         raise InvalidPayload(f"default must be 'approved' or 'rejected', not {default!r}")
     seconds = parse_duration(timeout) if timeout is not None else timedelta(seconds=get_settings().default_timeout)
     check_size(subject, "approval subject")
+    schema = decision_schema_of(decision)
     now = utcnow()
     s = session  # the step's own transaction: the approval commits with the step record (steplog)
     existing = s.scalar(select(Approval.id).where(Approval.step_task_id == request.id))
@@ -88,6 +129,7 @@ def wait_for_approval(
             on_reject=as_sig_list(on_reject),
             on_timeout=as_sig_list(on_timeout),
             timeout_default=default,
+            decision_schema=schema,
             created_at=now,
         )
     )

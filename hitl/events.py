@@ -1,0 +1,174 @@
+"""Live lifecycle events: each timeline row is published on Redis pub/sub once its transaction commits.
+
+The engine does this for every workflow (no workflow code is involved): a session hook collects the
+:class:`~approvals.models.RunEvent` rows a transaction inserted and publishes them after commit, on
+``hitl:events:run:<run_id>`` and — for ``waiting_for_input``, ``input_resolved``, ``decision_refused`` and
+``run_finished`` — also on ``hitl:events:inbox``. Pub/sub is best effort: the timeline rows are the durable
+record, so a subscriber that was away replays them from the database by event id (``Last-Event-ID``) and
+then follows the live channel. A publish failure is logged and never fails the transaction that caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Literal, TypedDict
+
+import redis
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from approvals.models import RunEvent
+from approvals.status import EventKind
+
+log = logging.getLogger(__name__)
+
+INBOX_CHANNEL = "hitl:events:inbox"
+INBOX_KINDS = frozenset({EventKind.WAITING, EventKind.RESOLVED, EventKind.REFUSED, EventKind.FINISHED})
+#: After a failed publish, skip publishing for this long (s) so a broker outage never slows steps down.
+PUBLISH_BACKOFF_SECONDS = 1.0
+_PENDING = "hitl_live_events"
+
+
+class LiveEvent(TypedDict):
+    """One lifecycle event as published and as sent to SSE clients (``at`` is ISO 8601 UTC)."""
+
+    type: Literal["hitl.event"]
+    id: int
+    run_id: str
+    kind: str
+    name: str
+    task_id: str | None
+    detail: dict[str, Any]
+    at: str
+
+
+def run_channel(run_id: str) -> str:
+    """The pub/sub channel of one run's events."""
+    return f"hitl:events:run:{run_id}"
+
+
+def live_event(row: RunEvent) -> LiveEvent:
+    """Return ``row`` (flushed, so it has its id) as a :class:`LiveEvent`."""
+    return LiveEvent(
+        type="hitl.event",
+        id=row.id,
+        run_id=row.run_id,
+        kind=EventKind(row.kind).value,
+        name=row.name,
+        task_id=row.task_id,
+        detail=row.detail or {},
+        at=row.at.isoformat(),
+    )
+
+
+def install(factory: sessionmaker[Session]) -> None:
+    """Hook ``factory``'s sessions so the timeline rows they commit are published (see module docstring)."""
+    event.listen(factory, "after_flush", _collect)
+    event.listen(factory, "after_commit", _after_commit)
+    event.listen(factory, "after_rollback", _forget)
+
+
+def _collect(session: Session, _ctx: Any) -> None:
+    rows = [o for o in session.new if isinstance(o, RunEvent)]
+    if rows:
+        session.info.setdefault(_PENDING, []).extend(live_event(r) for r in rows)
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _after_commit(session: Session) -> None:
+    pending: list[LiveEvent] = session.info.pop(_PENDING, [])
+    if pending:
+        publish(pending)
+
+
+_client: redis.Redis | None = None
+_client_pid = 0
+_down_until = 0.0
+
+
+def client() -> redis.Redis | None:
+    """Return this process's Redis client on the broker, or None when the broker is not Redis."""
+    global _client, _client_pid
+    if _client is None or _client_pid != os.getpid():
+        from hitl.broker import broker_url
+
+        _client, _client_pid = _redis_for(broker_url()), os.getpid()
+    return _client
+
+
+def _redis_for(url: str) -> redis.Redis | None:
+    opts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), **opts)
+    if url.startswith(("redis://", "rediss://")):
+        return redis.Redis.from_url(url, **opts)
+    log.warning("live events need a Redis broker; %s is not one, so no live events are published", url.split(":")[0])
+    return None
+
+
+def publish(events: list[LiveEvent]) -> None:
+    """Publish ``events`` on their run channels (and the inbox channel); log and drop on failure."""
+    global _down_until
+    r = client()
+    if r is None or time.monotonic() < _down_until:
+        return
+    try:
+        pipe = r.pipeline(transaction=False)
+        for ev in events:
+            data = json.dumps(ev, separators=(",", ":"))
+            pipe.publish(run_channel(ev["run_id"]), data)
+            if ev["kind"] in INBOX_KINDS:
+                pipe.publish(INBOX_CHANNEL, data)
+        pipe.execute()
+    except redis.RedisError as exc:
+        _down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
+        log.info("could not publish %d live event(s): %s", len(events), exc)
+
+
+class Subscription:
+    """A live subscription to one channel (:func:`run_channel` or :data:`INBOX_CHANNEL`); close it when done.
+
+    Subscribe before replaying missed events from the database, then skip live events already replayed
+    (by id): nothing falls in the gap between the two.
+
+    Raises:
+        BrokerUnavailable: the broker is not Redis or cannot be reached (from the constructor and :meth:`get`).
+    """
+
+    def __init__(self, channel: str) -> None:
+        from approvals.errors import BrokerUnavailable
+
+        r = client()
+        if r is None:
+            raise BrokerUnavailable("live events need a Redis broker")
+        self._pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            self._pubsub.subscribe(channel)
+        except redis.RedisError as exc:
+            self._pubsub.close()
+            raise BrokerUnavailable(f"cannot subscribe to live events: {exc}") from exc
+
+    def get(self, timeout: float) -> LiveEvent | None:
+        """Return the next event, or None if none came within ``timeout`` seconds."""
+        from approvals.errors import BrokerUnavailable
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self._pubsub.get_message(timeout=left)
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(f"live events interrupted: {exc}") from exc
+            if message is not None and message["type"] == "message":
+                event: LiveEvent = json.loads(message["data"])
+                return event
+        return None
+
+    def close(self) -> None:
+        """Unsubscribe and release the connection."""
+        self._pubsub.close()
