@@ -44,6 +44,10 @@ def _approval_view(a: Approval, workflow: str) -> ApprovalView:
     )
 
 
+#: The largest age filter accepted (100 years, in seconds); beyond it dates overflow.
+MAX_AGE_SECONDS = 100 * 365 * 86400
+
+
 def list_approvals(
     status: ApprovalStatus | None = ApprovalStatus.PENDING,
     workflow: str | None = None,
@@ -78,6 +82,8 @@ def list_approvals(
     if run_id:
         stmt = stmt.where(Approval.run_id == run_id)
     if older_than is not None:
+        if not 0 <= older_than <= MAX_AGE_SECONDS:
+            raise InvalidPayload(f"older_than must be between 0 and {MAX_AGE_SECONDS} seconds")
         stmt = stmt.where(Approval.created_at <= utcnow() - timedelta(seconds=older_than))
     if assignee:
         # Assignees are a JSON list; match the quoted name in its text form (portable across databases).

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pg import PgServer, start_postgres
-from tests.support import Stack, running_stack
+from tests.support import ApiServer, Stack, api_server, running_stack
 
 DATABASES = ["sqlite", "postgresql"]
 
@@ -48,3 +48,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault-injection figures")
         for row in FIGURES:
             terminalreporter.write_line(", ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Iterator[ApiServer]:
+    """``hitl serve`` on a free port, over the module's stack (real worker and beat, SQLite or PostgreSQL)."""
+    with api_server(stack) as server:
+        yield server

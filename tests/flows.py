@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +87,14 @@ def ping(self: Any, n: int) -> int:
     return n
 
 
+class ReviewForm(BaseModel):
+    """The decision form of the typed gate: what an approver must fill in."""
+
+    rating: int = Field(ge=1, le=5, description="How good is it, 1 to 5.")
+    channel: Literal["blog", "newsletter"] = "blog"
+    urgent: bool = False
+
+
 @hitl.workflow("gate")
 def gate(payload: dict[str, Any]) -> Any:
     """prepare | wait | after | finish, with options from the payload."""
@@ -98,6 +107,8 @@ def gate(payload: dict[str, Any]) -> Any:
         wait_kwargs["default"] = payload["default"]
     if payload.get("on_reject"):
         wait_kwargs["on_reject"] = on_reject.s()
+    if payload.get("typed"):
+        wait_kwargs["decision"] = ReviewForm
     return prepare.s(payload) | hitl.wait_for_approval.s(**wait_kwargs) | after.s() | finish.s()
 
 

@@ -237,3 +237,89 @@ def running_stack(
             log = s.log_text()
             if "Traceback" in log:
                 sys.stderr.write(f"\n----- {s.name} log ({home}) -----\n{log[-6000:]}\n")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ApiServer:
+    """A ``hitl serve`` process of a stack, reached over HTTP on the loopback interface."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stack: Stack
+    clients: list[Any] = field(default_factory=list)
+
+    def client(self, key: str | None = None, **headers: str) -> Any:
+        """An httpx client on this server, sending ``key`` as a bearer credential."""
+        import httpx
+
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=30, follow_redirects=False)
+        self.clients.append(client)
+        return client
+
+    def key(self, actor: str, *scopes: str) -> str:
+        """Create an API key for ``actor`` with ``scopes`` through the CLI and return it."""
+        args = [a for s in scopes for a in ("--scope", s)]
+        res = self.stack.cli("keys", "create", "--actor", actor, *args, "--json")
+        assert res.code == 0, res.err
+        return str(res.json()["key"])
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def api_server(stack: Stack) -> Iterator[ApiServer]:
+    """Run ``hitl serve`` for ``stack`` on a free port until the block ends; links point at it."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stack.env["HITL_PUBLIC_URL"] = url
+    point_process_at(stack.env)
+    log = stack.home / f"api-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hitl", "serve", "--port", str(port)],
+            env={**os.environ, **stack.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    server = ApiServer(url, proc, log, stack)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"hitl serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, what="hitl serve to answer /health")
+        yield server
+    finally:
+        server.stop()
+        text = log.read_text()
+        if "Traceback" in text:
+            sys.stderr.write(f"\n----- hitl serve log ({log}) -----\n{text[-6000:]}\n")

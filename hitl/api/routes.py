@@ -222,7 +222,9 @@ def list_approvals(
     workflow: Annotated[str | None, Query(max_length=200)] = None,
     assignee: Annotated[str | None, Query(max_length=200)] = None,
     run_id: Annotated[str | None, Query(max_length=64)] = None,
-    older_than: Annotated[float | None, Query(ge=0, description="Seconds since creation, at least.")] = None,
+    older_than: Annotated[
+        float | None, Query(ge=0, le=views.MAX_AGE_SECONDS, description="Seconds since creation, at least.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> ApprovalPage:
