@@ -323,3 +323,16 @@ def api_server(stack: Stack) -> Iterator[ApiServer]:
         text = log.read_text()
         if "Traceback" in text:
             sys.stderr.write(f"\n----- hitl serve log ({log}) -----\n{text[-6000:]}\n")
+
+
+def start_gate(client: Any, **payload: Any) -> tuple[str, dict[str, Any]]:
+    """Start a gate run over HTTP and wait for its pending approval; return (run id, approval)."""
+    res = client.post("/api/v1/runs", json={"workflow": "gate", "payload": payload})
+    assert res.status_code == 201, res.text
+    run_id = res.json()["run_id"]
+
+    def pending() -> Any:
+        page = client.get("/api/v1/approvals", params={"run_id": run_id}).json()
+        return page["items"][0] if page["items"] else None
+
+    return run_id, wait_for(pending, what=f"run {run_id} to wait")

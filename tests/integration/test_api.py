@@ -15,24 +15,11 @@ import httpx
 import pytest
 
 from tests.flows import effects
-from tests.support import ApiServer, wait_for
+from tests.support import ApiServer, start_gate, wait_for
 
 pytestmark = pytest.mark.integration
 
 ALL = ("read", "start", "decide", "cancel", "delegate")
-
-
-def start_gate(client: httpx.Client, **payload: Any) -> tuple[str, dict[str, Any]]:
-    """Start a gate run over HTTP and wait for its pending approval; return (run id, approval)."""
-    res = client.post("/api/v1/runs", json={"workflow": "gate", "payload": payload})
-    assert res.status_code == 201, res.text
-    run_id = res.json()["run_id"]
-
-    def pending() -> Any:
-        page = client.get("/api/v1/approvals", params={"run_id": run_id}).json()
-        return page["items"][0] if page["items"] else None
-
-    return run_id, wait_for(pending, what=f"run {run_id} to wait")
 
 
 def run_status(client: httpx.Client, run_id: str) -> str:
