@@ -155,7 +155,12 @@ def approvals() -> None:
 @click.option("--status", type=STATUS_CHOICE, default="pending", help="Only approvals in this status.")
 @click.option("--workflow", help="Only approvals of this workflow.")
 @click.option("--run", "run_id", metavar="RUN", help="Only approvals of this run.")
-@click.option("--older-than", type=click.FloatRange(0, 100 * 365 * 86400), metavar="SECONDS", help="Only approvals at least this old.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(0, 100 * 365 * 86400),
+    metavar="SECONDS",
+    help="Only approvals at least this old.",
+)
 @click.option("--assignee", metavar="NAME", help="Only approvals assigned to this user or group.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, help="At most this many, oldest first.")
 @json_option

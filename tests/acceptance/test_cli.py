@@ -20,6 +20,8 @@ COMMANDS = [
     ["approvals"],
     ["approvals", "list"],
     ["approvals", "show"],
+    ["approvals", "link"],
+    ["approvals", "token"],
     ["approve"],
     ["reject"],
     ["runs"],
@@ -38,6 +40,11 @@ COMMANDS = [
     ["db", "current"],
     ["sweep"],
     ["relay"],
+    ["serve"],
+    ["keys"],
+    ["keys", "create"],
+    ["keys", "list"],
+    ["keys", "revoke"],
 ]
 
 
@@ -123,3 +130,22 @@ def processes_with_env(entry: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_keys_and_links_from_the_cli(tmp_path: Path) -> None:
+    env = {"HITL_HOME": str(tmp_path)}
+    assert hitl_cli("keys", "create", env=env).code == 2  # --actor is required
+    assert hitl_cli("keys", "create", "--actor", "a", "--scope", "everything", env=env).code == 2
+    made = hitl_cli("keys", "create", "--actor", "alice", "--note", "laptop", "--json", env=env)
+    assert made.code == 0, made.err
+    key = made.json()
+    assert key["key"].startswith("hk_") and key["scopes"] == ["decide", "read"] and key["actor"] == "alice"
+    listed = hitl_cli("keys", "list", "--json", env=env).json()
+    assert [k["id"] for k in listed] == [key["id"]] and "key" not in listed[0]
+    assert hitl_cli("keys", "revoke", key["id"], env=env).code == 0
+    again = hitl_cli("keys", "revoke", key["id"], env=env)
+    assert again.code == 1 and "no live API key" in again.err and "Traceback" not in again.err
+    missing = hitl_cli("approvals", "link", "nope", "--for", "bob", env=env)
+    assert missing.code == 1 and "no approval has id" in missing.err
+    assert hitl_cli("approvals", "link", "nope", "--for", "bob", "--action", "explode", env=env).code == 2
+    assert hitl_cli("approvals", "token", "nope", env=env).code == 2  # --for is required
