@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -69,6 +80,8 @@ class Run(Base):
     workflow: Mapped[str] = mapped_column(String(200), index=True)
     status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: Who started the run (the API key's actor, or ``requester=`` of :func:`hitl.start`).
+    requester: Mapped[str | None] = mapped_column(String(200), nullable=True)
     payload: Mapped[Any] = mapped_column(JSON)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -83,14 +96,21 @@ class Approval(Base):
     """What a person is asked: one waitpoint of a run. The answer lives in :class:`DecisionRecord`."""
 
     __tablename__ = "hitl_approvals"
-    __table_args__ = (Index("ix_hitl_approvals_status_deadline", "status", "deadline"),)
+    __table_args__ = (
+        Index("ix_hitl_approvals_status_deadline", "status", "deadline"),
+        Index("ix_hitl_approvals_status_reminder", "status", "next_reminder_at"),
+        Index("ix_hitl_approvals_status_escalate", "status", "escalate_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
+    #: None for an approval created ahead (lookback) until a wait step claims it.
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("hitl_runs.id"), index=True, nullable=True)
     key: Mapped[str] = mapped_column(String(200))
     status: Mapped[ApprovalStatus] = mapped_column(_status_column(ApprovalStatus))
-    #: The task id of the wait step that created this row; a redelivered wait finds its row by it.
-    step_task_id: Mapped[str] = mapped_column(String(255), unique=True)
+    #: The task id of the wait step that created or claimed this row; a redelivered wait finds its row by it.
+    step_task_id: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    #: Caller-chosen key of an approval created ahead (lookback); the wait step with the same key takes it.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     #: What is to be reviewed: the result of the step before the wait.
     subject: Mapped[Any] = mapped_column(JSON)
     assignees: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -103,10 +123,23 @@ class Approval(Base):
     timeout_default: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: The JSON Schema a decision's data must satisfy, and the pydantic model it came from ("module:Name").
     decision_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: The approval policy declared by the wait (quorum, stages, requester rule, reminders, escalation).
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Who asked (the run's requester); with ``forbid_requester`` they may not decide.
+    requester: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: Index of the current sign-off stage (sequential sign-off); 0 when there is one stage.
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the next reminder is due (None: no more reminders); the reminder sweep walks this column.
+    next_reminder_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the approval is due to be escalated (None: never); the reminder sweep walks this column too.
+    escalate_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: When the approval was escalated (None: not yet, or never).
+    escalated_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
-    run: Mapped[Run] = relationship(back_populates="approvals")
+    run: Mapped[Run | None] = relationship(back_populates="approvals")
     decision: Mapped[DecisionRecord | None] = relationship(back_populates="approval", uselist=False)
 
 
@@ -214,3 +247,90 @@ class UsedToken(Base):
     approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
     actor: Mapped[str] = mapped_column(String(200))
     used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Vote(Base):
+    """One person's vote on an approval that needs more than one (quorum, sequential sign-off)."""
+
+    __tablename__ = "hitl_votes"
+    __table_args__ = (UniqueConstraint("approval_id", "stage", "actor", name="uq_hitl_votes_one_per_person"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    actor: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GroupMember(Base):
+    """Membership of a user in an approver group (groups may also come from ``HITL_GROUPS``)."""
+
+    __tablename__ = "hitl_group_members"
+
+    group: Mapped[str] = mapped_column(String(200), primary_key=True)
+    member: Mapped[str] = mapped_column(String(200), primary_key=True)
+
+
+class Notification(Base):
+    """A reminder or escalation notice to send, written by the reminder sweep and sent by the notifier task.
+
+    ``(approval_id, kind, seq)`` is unique, so a duplicate beat tick cannot write the same notice twice.
+    """
+
+    __tablename__ = "hitl_notifications"
+    __table_args__ = (
+        UniqueConstraint("approval_id", "kind", "seq", name="uq_hitl_notifications_once"),
+        Index("ix_hitl_notifications_unsent", "sent_at", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    recipients: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditRecord(Base):
+    """One entry of the append-only audit log: a decision attempt, accepted or refused.
+
+    ``hash`` is SHA-256 over the entry's fields and ``prev_hash`` (the previous entry's hash), so editing or
+    deleting an entry breaks the chain (``hitl audit verify``).
+    """
+
+    __tablename__ = "hitl_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    approval_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Blob(Base):
+    """A large input stored once, by the SHA-256 of its JSON, and passed by reference."""
+
+    __tablename__ = "hitl_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[Any] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,6 +26,33 @@ class Outcome(StrEnum):
         return ApprovalStatus(self.value)
 
 
+class ApprovalPolicy(BaseModel):
+    """What an approval needs before its outcome is settled, and how people are chased. Durations in seconds.
+
+    Declared on the wait step (``hitl.wait_for_approval.s(quorum=2, stages=[["legal"], ["finance"]], ...)``)
+    and enforced by the engine for every channel.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Approvals from distinct people needed (in each stage) before the approval is approved.
+    quorum: int = Field(1, ge=1, le=100)
+    #: Sequential sign-off: the assignees (users or groups) of each stage, in order; empty means one stage
+    #: whose assignees are the wait's ``assignees``.
+    stages: list[list[str]] = Field(default_factory=list)
+    #: True: any rejection rejects at once. False: rejected only when the quorum can no longer be reached.
+    any_rejection_rejects: bool = True
+    #: The run's requester may not decide their own request.
+    forbid_requester: bool = False
+    remind_after: float | None = Field(None, gt=0)
+    remind_every: float | None = Field(None, gt=0)
+    escalate_after: float | None = Field(None, gt=0)
+    #: Users or groups added as assignees (and notified) at ``escalate_after``.
+    escalate_to: list[str] = Field(default_factory=list)
+    #: Data the continuation receives when the deadline applies an approved or rejected default.
+    default_data: dict[str, Any] | None = None
+
+
 DECISION_TAG = "hitl.decision"
 
 

@@ -248,6 +248,8 @@ def _record(
 
 def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMessage]:
     """Write the continuation for ``decision`` to the outbox (or end the run if there is none)."""
+    if approval.run_id is None:  # created ahead (lookback): the wait step that takes it goes on with it
+        return []
     sigs = continuation_for(approval, decision.outcome)
     payload = decision.model_dump(mode="json")
     if not sigs:

@@ -22,7 +22,9 @@ from hitl.registry import get_workflow
 log = logging.getLogger(__name__)
 
 
-def start(workflow: str, payload: Any = None, *, idempotency_key: str | None = None) -> str:
+def start(
+    workflow: str, payload: Any = None, *, idempotency_key: str | None = None, requester: str | None = None
+) -> str:
     """Create a run of ``workflow`` and enqueue its first step; return the run id.
 
     The run row and its start message are committed together (outbox), then the message is sent. With an
@@ -32,6 +34,7 @@ def start(workflow: str, payload: Any = None, *, idempotency_key: str | None = N
         workflow: a registered workflow name (see ``hitl workflows``).
         payload: JSON-serialisable input, validated by the workflow's input model if it has one.
         idempotency_key: any string up to 200 characters, unique per run.
+        requester: who asks (recorded on the run; a wait with ``forbid_requester`` refuses their decision).
 
     Raises:
         UnknownWorkflow: no workflow has that name.
@@ -55,6 +58,7 @@ def start(workflow: str, payload: Any = None, *, idempotency_key: str | None = N
                     workflow=wf.name,
                     status=RunStatus.PENDING,
                     idempotency_key=idempotency_key,
+                    requester=requester,
                     payload=jsonable(payload),
                 )
             )

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest HTTP request body the API accepts, in bytes.")
     link_ttl: float = Field(7 * 86400, gt=0, description="Seconds a signed one-click link stays valid.")
     token_ttl: float = Field(86400, gt=0, description="Seconds an approval-scoped token stays valid.")
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Approver groups, JSON: {"editors": ["alice", "bob"]}; merged with `hitl groups` in the database.',
+    )
     session_ttl: float = Field(12 * 3600, gt=0, description="Seconds an inbox browser session stays signed in.")
 
     @model_validator(mode="after")

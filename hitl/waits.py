@@ -10,14 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Signature
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
-from approvals.models import Approval, RunEvent, utcnow
+from approvals.models import Approval, Run, RunEvent, utcnow
 from approvals.policy import check_decision_schema
-from approvals.schemas import Outcome
+from approvals.schemas import ApprovalPolicy, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import move_run
 from hitl.canvas import as_sig_list
@@ -25,6 +25,24 @@ from hitl.ids import new_id
 from hitl.jsonsafe import check_size
 from hitl.settings import get_settings
 from hitl.steps import Step, parse_duration, step
+
+#: ``default="failed"``: the deadline ends the run as failed.
+FAIL_DEFAULT = "failed"
+
+
+def _policy(**values: Any) -> ApprovalPolicy:
+    for name in ("remind_after", "remind_every", "escalate_after"):
+        if values[name] is not None:
+            values[name] = parse_duration(values[name]).total_seconds()
+    try:
+        policy = ApprovalPolicy(**values)
+    except ValidationError as exc:
+        raise InvalidPayload(f"invalid approval policy: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    if policy.escalate_after and not policy.escalate_to:
+        raise InvalidPayload("escalate_after needs escalate_to (whom to escalate to)")
+    if policy.remind_every and not policy.remind_after:
+        raise InvalidPayload("remind_every needs remind_after (when the first reminder goes)")
+    return policy
 
 
 def decision_schema_of(decision: Any) -> dict[str, Any] | None:
@@ -74,6 +92,15 @@ def wait_for_approval(
     on_timeout: Any = None,
     default: str | None = None,
     decision: dict[str, Any] | None = None,
+    quorum: int = 1,
+    stages: list[list[str]] | None = None,
+    any_rejection_rejects: bool = True,
+    forbid_requester: bool = False,
+    remind_after: str | float | None = None,
+    remind_every: str | float | None = None,
+    escalate_after: str | float | None = None,
+    escalate_to: list[str] | tuple[str, ...] = (),
+    default_data: dict[str, Any] | None = None,
 ) -> str:
     """Pause the run for a human decision on ``subject`` (the previous step's result).
 
@@ -88,8 +115,18 @@ def wait_for_approval(
         assignees: who is asked (users or groups), shown to approvers.
         on_reject: a signature or chain resumed instead of the continuation when rejected.
         on_timeout: a signature or chain resumed instead of the continuation at the deadline.
-        default: ``"approved"`` or ``"rejected"``: the outcome applied at the deadline instead of
-            ``timed_out``.
+        default: ``"approved"``, ``"rejected"`` or ``"failed"``: applied at the deadline instead of
+            ``timed_out`` (``"failed"`` ends the run as failed; the others resume with ``defaulted=True``).
+        default_data: the data the continuation receives with an approved or rejected default.
+        quorum: approvals from distinct people needed (in each stage); each vote is recorded and the
+            continuation runs once, when the outcome is settled.
+        stages: sequential sign-off, e.g. ``[["legal"], ["finance"]]``: each stage's assignees decide in
+            turn (``assignees`` is then the first stage's).
+        any_rejection_rejects: with a quorum, whether one rejection rejects (default) or only enough
+            rejections to make the quorum unreachable.
+        forbid_requester: the person who started the run may not decide it.
+        remind_after, remind_every: remind the assignees at ``remind_after`` and every ``remind_every`` after.
+        escalate_after, escalate_to: at ``escalate_after``, add ``escalate_to`` to the assignees and notify them.
         decision: a pydantic model class (turned into its JSON Schema by ``.s()``) or a JSON Schema dict
             that an approval's data must satisfy; the inbox renders a form from it and a decision failing
             it is refused (``InvalidDecision``: CLI exit 2, HTTP 422) with nothing changed.
@@ -104,9 +141,22 @@ def wait_for_approval(
     request = self.request
     continuation = list(request.get("hitl_rest") or [])  # the rest of the chain, resumed from this row
     request.hitl_waiting = True
-    if default is not None and default not in (Outcome.APPROVED, Outcome.REJECTED):
-        raise InvalidPayload(f"default must be 'approved' or 'rejected', not {default!r}")
+    if default is not None and default not in (Outcome.APPROVED, Outcome.REJECTED, FAIL_DEFAULT):
+        raise InvalidPayload(f"default must be 'approved', 'rejected' or 'failed', not {default!r}")
     seconds = parse_duration(timeout) if timeout is not None else timedelta(seconds=get_settings().default_timeout)
+    policy = _policy(
+        quorum=quorum,
+        stages=stages or [],
+        any_rejection_rejects=any_rejection_rejects,
+        forbid_requester=forbid_requester,
+        remind_after=remind_after,
+        remind_every=remind_every,
+        escalate_after=escalate_after,
+        escalate_to=list(escalate_to),
+        default_data=default_data,
+    )
+    if policy.stages:
+        assignees = policy.stages[0]
     check_size(subject, "approval subject")
     schema = decision_schema_of(decision)
     now = utcnow()
@@ -130,6 +180,10 @@ def wait_for_approval(
             on_timeout=as_sig_list(on_timeout),
             timeout_default=default,
             decision_schema=schema,
+            policy=policy.model_dump(exclude_defaults=True),
+            requester=s.scalar(select(Run.requester).where(Run.id == run_id)),
+            next_reminder_at=now + timedelta(seconds=policy.remind_after) if policy.remind_after else None,
+            escalate_at=now + timedelta(seconds=policy.escalate_after) if policy.escalate_after else None,
             created_at=now,
         )
     )

@@ -169,7 +169,9 @@ def start_run(
 ) -> StartResponse:
     """Start a run. ``Idempotency-Key`` (header) or ``idempotency_key`` (body): a repeat returns the same run."""
     auth.require(caller, Scope.START)
-    run_id = runs.start(body.workflow, body.payload, idempotency_key=body.idempotency_key or idempotency_key)
+    run_id = runs.start(
+        body.workflow, body.payload, idempotency_key=body.idempotency_key or idempotency_key, requester=caller.actor
+    )
     return StartResponse(run_id=run_id, run=views.get_run(run_id))
 
 
