@@ -141,6 +141,7 @@ class Approval(Base):
 
     run: Mapped[Run | None] = relationship(back_populates="approvals")
     decision: Mapped[DecisionRecord | None] = relationship(back_populates="approval", uselist=False)
+    votes: Mapped[list[Vote]] = relationship(order_by="Vote.id", viewonly=True)
 
 
 class DecisionRecord(Base):

@@ -18,12 +18,26 @@ from approvals.errors import InvalidDecision, InvalidPayload
 from approvals.models import Approval
 from approvals.schemas import Outcome
 
+#: ``default="failed"`` on a wait: the deadline ends the run as failed instead of resuming it.
+FAIL_DEFAULT = "failed"
+
 
 def timeout_outcome(approval: Approval) -> tuple[Outcome, bool]:
-    """Return the outcome a due approval resolves to, and whether the wait's default was applied."""
+    """Return the outcome a due approval resolves to, and whether the wait's default was applied.
+
+    A ``"failed"`` default resolves as ``timed_out`` (defaulted); the completion handler then fails the run.
+    """
+    if approval.timeout_default == FAIL_DEFAULT:
+        return Outcome.TIMED_OUT, True
     if approval.timeout_default:
         return Outcome(approval.timeout_default), True
     return Outcome.TIMED_OUT, False
+
+
+def default_data(approval: Approval) -> dict[str, Any]:
+    """Return the data a defaulted decision carries: the wait's ``default_data``, or nothing."""
+    value = (approval.policy or {}).get("default_data")
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def continuation_for(approval: Approval, outcome: Outcome) -> list[Any]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Generic, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 
@@ -56,8 +57,27 @@ class ApprovalPolicy(BaseModel):
 DECISION_TAG = "hitl.decision"
 
 
-class Decision(BaseModel):
+class VoteView(BaseModel):
+    """One person's vote on an approval that needs several (quorum, sequential sign-off)."""
+
+    stage: int
+    actor: str
+    outcome: Outcome
+    comment: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    channel: str
+    at: datetime
+
+
+DataT = TypeVar("DataT", default=dict[str, Any])
+
+
+class Decision(BaseModel, Generic[DataT]):
     """The typed value a continuation receives as its first argument when a waitpoint resolves.
+
+    ``Decision[ReviewForm]`` in a step's signature makes ``data`` the parsed model (for approvals; a
+    rejection or timeout carries whatever data it has, usually none, so ``data`` is then a dict); plain
+    ``Decision`` keeps it a dict.
 
     ``subject`` is what was reviewed (the result of the step before the wait), so the continuation does
     not need to fetch it. ``defaulted`` is true when the deadline applied the wait's declared default.
@@ -67,15 +87,20 @@ class Decision(BaseModel):
 
     type: Literal["hitl.decision"] = "hitl.decision"
     approval_id: str
-    run_id: str
+    run_id: str | None
     key: str
     outcome: Outcome
     subject: Any = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: DataT = Field(default_factory=dict)  # type: ignore[assignment]  # the default suits the default type
     actor: str
     comment: str | None = None
     decided_at: datetime
     defaulted: bool = False
+    #: False for a vote that did not settle the outcome yet (quorum, sequential sign-off); a continuation
+    #: only ever receives settled decisions.
+    settled: bool = True
+    #: Every vote cast, when the approval needed more than one (quorum, stages), oldest first.
+    votes: list[VoteView] = Field(default_factory=list)
 
     @property
     def approved(self) -> bool:
@@ -95,11 +120,12 @@ class DecisionView(BaseModel):
 
 
 class ApprovalView(BaseModel):
-    """An approval, as the CLI and API show it."""
+    """An approval, as the CLI and API show it (``run_id`` and ``workflow`` are None for one created ahead
+    that no wait step has taken yet)."""
 
     id: str
-    run_id: str
-    workflow: str
+    run_id: str | None
+    workflow: str | None
     key: str
     status: ApprovalStatus
     subject: Any
@@ -110,6 +136,13 @@ class ApprovalView(BaseModel):
     decision: DecisionView | None
     #: JSON Schema an approval's data must satisfy (declared by the wait), or None.
     decision_schema: dict[str, Any] | None = None
+    #: The approval policy (quorum, stages, requester rule, reminders, escalation); defaults left out.
+    policy: dict[str, Any] = Field(default_factory=dict)
+    requester: str | None = None
+    #: The current sign-off stage (0-based) and the votes cast so far.
+    stage: int = 0
+    votes: list[VoteView] = Field(default_factory=list)
+    idempotency_key: str | None = None
 
 
 class EventView(BaseModel):

@@ -70,6 +70,7 @@ class EventKind(StrEnum):
     RESOLVED = "input_resolved"  # an approval was decided, timed out or cancelled
     FINISHED = "run_finished"  # the run reached a terminal status
     REFUSED = "decision_refused"  # a decision attempt was refused (not allowed); nothing else changed
+    VOTED = "vote_recorded"  # one vote of several (quorum, sequential sign-off) was recorded
 
 
 class Scope(StrEnum):

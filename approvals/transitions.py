@@ -94,6 +94,35 @@ def resolve_approval(
     return _rowcount(session.execute(stmt)) == 1
 
 
+def touch_pending(session: Session, approval_id: str, *, stage: int, before_deadline: datetime) -> bool:
+    """Lock approval ``approval_id`` for this transaction if it is pending, before its deadline and in ``stage``.
+
+    A no-op ``UPDATE`` (it sets ``stage`` to itself): on PostgreSQL it takes the row lock, so concurrent votes
+    on one approval are counted one transaction at a time; SQLite serialises writers anyway.
+    """
+    stmt = (
+        update(Approval)
+        .where(
+            Approval.id == approval_id,
+            Approval.status == ApprovalStatus.PENDING,
+            Approval.stage == stage,
+            Approval.deadline > before_deadline,
+        )
+        .values(stage=stage)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def advance_stage(session: Session, approval_id: str, stage: int, assignees: list[str]) -> bool:
+    """Move a pending approval from ``stage`` to the next sign-off stage, whose assignees are ``assignees``."""
+    stmt = (
+        update(Approval)
+        .where(Approval.id == approval_id, Approval.status == ApprovalStatus.PENDING, Approval.stage == stage)
+        .values(stage=stage + 1, assignees=assignees)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
 def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
     """Cancel every pending approval of run ``run_id``; return the ids cancelled by this call."""
     ids = list(
@@ -102,12 +131,16 @@ def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
     return [i for i in ids if resolve_approval(session, i, ApprovalStatus.CANCELLED)]
 
 
-def why_not_pending(session: Session, approval_id: str, now: datetime) -> HitlError:
+def why_not_pending(session: Session, approval_id: str, now: datetime, stage: int | None = None) -> HitlError:
     """Explain why a decision on ``approval_id`` lost its compare-and-set, for the error shown to the user."""
-    row = session.execute(select(Approval.status, Approval.deadline).where(Approval.id == approval_id)).one_or_none()
+    row = session.execute(
+        select(Approval.status, Approval.deadline, Approval.stage).where(Approval.id == approval_id)
+    ).one_or_none()
     if row is None:
         return ApprovalNotFound(f"no approval has id {approval_id!r}")
-    status, deadline = row
+    status, deadline, current = row
+    if status is ApprovalStatus.PENDING and deadline > now and stage is not None and current != stage:
+        return InvalidTransition(f"approval {approval_id} moved on to sign-off stage {current + 1}; try again")
     if status is ApprovalStatus.PENDING and deadline <= now:
         return ApprovalExpired(f"approval {approval_id} expired at {deadline.isoformat()}")
     if status is ApprovalStatus.TIMED_OUT:

@@ -40,6 +40,7 @@ from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus
 from hitl.app import app
 from hitl.completion import approve, decide, reject
+from hitl.lookback import create_approval
 from hitl.registry import workflow
 from hitl.runs import cancel, start
 from hitl.steps import Step, Stop, step
@@ -73,6 +74,7 @@ __all__ = [
     "app",
     "approve",
     "cancel",
+    "create_approval",
     "decide",
     "get_approval",
     "get_run",

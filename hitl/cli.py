@@ -101,14 +101,19 @@ def cli() -> None:
 @click.argument("workflow")
 @click.option("--payload", default="null", metavar="JSON|@FILE", help="Input of the run, JSON or @path to a JSON file.")
 @click.option("--idempotency-key", metavar="KEY", help="Same key twice gives the same run (nothing new started).")
+@click.option(
+    "--by", "requester", envvar="HITL_ACTOR", show_envvar=True, help="Who asks (a wait may forbid them to decide)."
+)
 @json_option
-def start(workflow: str, payload: str, idempotency_key: str | None, as_json: bool) -> None:
+def start(workflow: str, payload: str, idempotency_key: str | None, requester: str | None, as_json: bool) -> None:
     """Start a run of WORKFLOW and print its run id."""
     import hitl
     from hitl.jsonsafe import parse_json
     from hitl.render import print_json
 
-    run_id = hitl.start(workflow, parse_json(payload, "--payload"), idempotency_key=idempotency_key)
+    run_id = hitl.start(
+        workflow, parse_json(payload, "--payload"), idempotency_key=idempotency_key, requester=requester
+    )
     if as_json:
         print_json({"run_id": run_id})
     else:
@@ -205,6 +210,32 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
     print_json(view) if as_json else show_approval(view)
 
 
+@approvals.command("create")
+@click.argument("key")
+@click.option("--idempotency-key", required=True, help="The wait step declaring this key takes the approval.")
+@click.option("--subject", default="null", metavar="JSON|@FILE", help="What is to be reviewed.")
+@click.option("--assignee", "assignees", multiple=True, help="A user or group who may decide (repeat).")
+@click.option("--timeout", metavar="DURATION", help="Seconds or 30s/15m/1h/2d. [default: HITL_DEFAULT_TIMEOUT]")
+@json_option
+def approvals_create(
+    key: str, idempotency_key: str, subject: str, assignees: tuple[str, ...], timeout: str | None, as_json: bool
+) -> None:
+    """Create an approval ahead of its wait step (early completion): decide it now, and the run's wait with
+    the same idempotency key goes on at once. Idempotent: the same key prints the same approval."""
+    from hitl.jsonsafe import parse_json
+    from hitl.lookback import create_approval
+    from hitl.render import print_json
+
+    view = create_approval(
+        key,
+        idempotency_key=idempotency_key,
+        subject=parse_json(subject, "--subject"),
+        assignees=assignees,
+        timeout=timeout,
+    )
+    print_json(view) if as_json else click.echo(view.id)
+
+
 TTL = click.option(
     "--ttl",
     type=click.FloatRange(min=1),
@@ -258,6 +289,11 @@ def _decide(outcome: str, approval_id: str, actor: str, comment: str | None, dat
     sent = continuation_sent(approval_id)
     if as_json:
         print_json({**decision.model_dump(mode="json"), "continuation_sent": sent})
+    elif not decision.settled:
+        click.echo(
+            f"{approval_id}: {decision.actor} voted {decision.outcome.value} ({len(decision.votes)} vote(s) so far);"
+            " waiting for more votes"
+        )
     elif sent is False:
         click.echo(
             f"{approval_id} {decision.outcome.value} by {decision.actor} (recorded); the broker is unreachable, so"

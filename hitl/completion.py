@@ -9,6 +9,7 @@ decision, a decision after the deadline and a decision racing the sweep lose cle
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,13 +17,20 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approvals.errors import ApprovalNotFound, InvalidDecision, LinkUsed, NotAllowed
-from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, utcnow
-from approvals.policy import continuation_for, timeout_outcome, validate_decision_data
-from approvals.schemas import Decision, Outcome
+from approvals.errors import AlreadyDecided, ApprovalNotFound, InvalidDecision, LinkUsed, NotAllowed
+from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, Vote, utcnow
+from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome, validate_decision_data
+from approvals.schemas import ApprovalPolicy, Decision, Outcome, VoteView
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import end_run, move_run, resolve_approval, why_not_pending
-from hitl import outbox
+from approvals.transitions import (
+    advance_stage,
+    end_run,
+    move_run,
+    resolve_approval,
+    touch_pending,
+    why_not_pending,
+)
+from hitl import groups, outbox
 from hitl.db import session_scope
 from hitl.jsonsafe import check_size
 
@@ -80,20 +88,219 @@ def decide(
         raise InvalidDecision("a decision needs an actor (who decided)")
     if data is not None and not isinstance(data, dict):
         raise InvalidDecision("decision data must be a JSON object")
+    actor = actor.strip()
     data = data or {}
     check_size(data, "decision data")
+    gate = _admit(approval_id, actor, channel)
     now = utcnow()
     with session_scope() as s:
-        if not resolve_approval(s, approval_id, outcome.approval_status, before_deadline=now):
-            raise why_not_pending(s, approval_id, now)
-        approval = s.get_one(Approval, approval_id)
-        validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
-        if link_nonce is not None:
-            _use_link(s, approval_id, link_nonce, actor)
-        decision = _record(s, approval, outcome, actor.strip(), comment, data, channel, now, defaulted=False)
-        sent = _resume(s, approval, decision)
+        if gate.single:
+            decision = _decide_once(s, approval_id, outcome, actor, comment, data, channel, now, link_nonce)
+            sent = _resume(s, decision.approval, decision.value)
+        else:
+            decision = _vote(s, gate, outcome, actor, comment, data, channel, now, link_nonce)
+            sent = _resume(s, decision.approval, decision.value) if decision.value.settled else []
     outbox.publish(sent)
-    return decision
+    return decision.value
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What the pre-check learned: the stage the actor votes in and how many people can vote in it."""
+
+    approval_id: str
+    stage: int
+    single: bool
+    quorum: int
+    eligible: int | None  # people who may vote in this stage (None: anyone)
+    any_rejection_rejects: bool
+    stages: list[list[str]]
+
+
+@dataclass(frozen=True)
+class _Decided:
+    approval: Approval
+    value: Decision
+
+
+def _admit(approval_id: str, actor: str, channel: str) -> _Gate:
+    """Check, before the write transaction, that ``actor`` may decide ``approval_id`` now.
+
+    Assignees only grow (escalation adds people), so an admission stays valid until the compare-and-set.
+
+    Raises:
+        ApprovalNotFound: no such approval.
+        NotAllowed: not an assignee (users or group members) of the current stage, or the requester of a
+            wait that forbids it (recorded in the run's timeline as ``decision_refused``).
+    """
+    with session_scope() as s:
+        approval = s.get(Approval, approval_id)
+        if approval is None:
+            raise ApprovalNotFound(f"no approval has id {approval_id!r}")
+        s.expunge(approval)
+    policy = ApprovalPolicy.model_validate(approval.policy or {})
+    if policy.forbid_requester and approval.requester == actor:
+        raise refuse(
+            approval_id, actor=actor, channel=channel, reason=f"{actor} requested this; they may not decide it"
+        )
+    assignees = [str(a) for a in approval.assignees]
+    if approval.status is ApprovalStatus.PENDING and not groups.is_assignee(actor, assignees):
+        raise refuse(
+            approval_id,
+            actor=actor,
+            channel=channel,
+            reason=f"{actor} is not among the assignees ({', '.join(assignees)})"
+            + (f" of stage {approval.stage + 1}" if policy.stages else ""),
+        )
+    single = policy.quorum == 1 and len(policy.stages) <= 1
+    eligible = len(groups.expand(assignees)) if assignees and not single else None
+    return _Gate(
+        approval_id, approval.stage, single, policy.quorum, eligible, policy.any_rejection_rejects, policy.stages
+    )
+
+
+def _decide_once(
+    s: Session,
+    approval_id: str,
+    outcome: Outcome,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any],
+    channel: str,
+    now: datetime,
+    link_nonce: str | None,
+) -> _Decided:
+    if not resolve_approval(s, approval_id, outcome.approval_status, before_deadline=now):
+        raise why_not_pending(s, approval_id, now)
+    approval = s.get_one(Approval, approval_id)
+    validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
+    if link_nonce is not None:
+        _use_link(s, approval_id, link_nonce, actor)
+    return _Decided(approval, _record(s, approval, outcome, actor, comment, data, channel, now, defaulted=False))
+
+
+def _vote(
+    s: Session,
+    gate: _Gate,
+    outcome: Outcome,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any],
+    channel: str,
+    now: datetime,
+    link_nonce: str | None,
+) -> _Decided:
+    """Record one vote; settle the approval when the votes decide it (quorum reached, a rejection, or the
+    quorum out of reach), or move it to the next stage of a sequential sign-off."""
+    approval_id = gate.approval_id
+    # Lock the row (a no-op UPDATE) while checking it is still pending, in time and in the same stage: votes
+    # on one approval then count one at a time, and the vote that settles it is the only one that can.
+    if not touch_pending(s, approval_id, stage=gate.stage, before_deadline=now):
+        raise why_not_pending(s, approval_id, now, stage=gate.stage)
+    approval = s.get_one(Approval, approval_id)
+    validate_decision_data(approval.decision_schema, data, outcome)
+    if link_nonce is not None:
+        _use_link(s, approval_id, link_nonce, actor)
+    s.add(
+        Vote(
+            approval_id=approval_id,
+            stage=gate.stage,
+            actor=actor,
+            outcome=outcome.value,
+            data=data,
+            comment=comment,
+            channel=channel,
+            at=now,
+        )
+    )
+    try:
+        s.flush()
+    except IntegrityError:
+        raise AlreadyDecided(f"{actor} already voted on approval {approval_id}") from None
+    votes = [_vote_view(v) for v in s.scalars(select(Vote).where(Vote.approval_id == approval_id).order_by(Vote.id))]
+    here = [v for v in votes if v.stage == gate.stage]
+    approvals = sum(v.outcome is Outcome.APPROVED for v in here)
+    rejections = len(here) - approvals
+    settled: Outcome | None = None
+    if rejections and (
+        gate.any_rejection_rejects or (gate.eligible is not None and gate.eligible - rejections < gate.quorum)
+    ):
+        settled = Outcome.REJECTED
+    elif approvals >= gate.quorum:
+        if gate.stage + 1 < len(gate.stages):
+            next_stage = gate.stage + 1
+            advance_stage(s, approval_id, gate.stage, gate.stages[next_stage])
+            _event(s, approval, EventKind.VOTED, actor, channel, outcome, here[-1].stage, advanced_to=next_stage)
+            return _Decided(approval, _unsettled(approval, outcome, actor, comment, data, now, votes))
+        settled = Outcome.APPROVED
+    if settled is None:
+        _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
+        return _Decided(approval, _unsettled(approval, outcome, actor, comment, data, now, votes))
+    _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
+    if not resolve_approval(s, approval_id, settled.approval_status, before_deadline=now):
+        raise why_not_pending(s, approval_id, now)
+    value = _record(s, approval, settled, actor, comment, data, channel, now, defaulted=False, votes=votes)
+    return _Decided(approval, value)
+
+
+def _vote_view(v: Vote) -> VoteView:
+    return VoteView(
+        stage=v.stage,
+        actor=v.actor,
+        outcome=Outcome(v.outcome),
+        comment=v.comment,
+        data=v.data,
+        channel=v.channel,
+        at=v.at,
+    )
+
+
+def _unsettled(
+    approval: Approval,
+    outcome: Outcome,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any],
+    now: datetime,
+    votes: list[VoteView],
+) -> Decision:
+    return Decision(
+        approval_id=approval.id,
+        run_id=approval.run_id,
+        key=approval.key,
+        outcome=outcome,
+        subject=approval.subject,
+        data=data,
+        actor=actor,
+        comment=comment,
+        decided_at=now,
+        settled=False,
+        votes=votes,
+    )
+
+
+def _event(
+    s: Session,
+    approval: Approval,
+    kind: EventKind,
+    actor: str,
+    channel: str,
+    outcome: Outcome,
+    stage: int,
+    advanced_to: int | None = None,
+) -> None:
+    if approval.run_id is None:
+        return
+    detail: dict[str, Any] = {
+        "approval_id": approval.id,
+        "actor": actor,
+        "channel": channel,
+        "outcome": outcome.value,
+        "stage": stage,
+    }
+    if advanced_to is not None:
+        detail["advanced_to"] = advanced_to
+    s.add(RunEvent(run_id=approval.run_id, kind=kind, name=approval.key, detail=detail))
 
 
 def refuse(approval_id: str, *, actor: str, channel: str, reason: str) -> NotAllowed:
@@ -106,9 +313,12 @@ def refuse(approval_id: str, *, actor: str, channel: str, reason: str) -> NotAll
         ApprovalNotFound: no approval has that id (nothing is recorded).
     """
     with session_scope() as s:
-        run_id = s.scalar(select(Approval.run_id).where(Approval.id == approval_id))
-        if run_id is None:
+        found = s.execute(select(Approval.run_id).where(Approval.id == approval_id)).one_or_none()
+        if found is None:
             raise ApprovalNotFound(f"no approval has id {approval_id!r}")
+        run_id = found[0]
+        if run_id is None:  # created ahead: no run timeline yet
+            return NotAllowed(reason)
         s.add(
             RunEvent(
                 run_id=run_id,
@@ -187,7 +397,8 @@ def sweep_deadlines(limit: int = 500) -> int:
                 continue
             approval = s.get_one(Approval, approval_id)
             outcome, defaulted = timeout_outcome(approval)
-            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, {}, "deadline", now, defaulted=defaulted)
+            data = default_data(approval) if defaulted and outcome is not Outcome.TIMED_OUT else {}
+            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, data, "deadline", now, defaulted=defaulted)
             sent += _resume(s, approval, decision)
             done += 1
     outbox.publish(sent)
@@ -205,6 +416,7 @@ def _record(
     now: datetime,
     *,
     defaulted: bool,
+    votes: list[VoteView] | None = None,
 ) -> Decision:
     s.add(
         DecisionRecord(
@@ -217,21 +429,22 @@ def _record(
             decided_at=now,
         )
     )
-    s.add(
-        RunEvent(
-            run_id=approval.run_id,
-            kind=EventKind.RESOLVED,
-            name=approval.key,
-            detail={
-                "approval_id": approval.id,
-                "outcome": outcome.value,
-                "actor": actor,
-                "comment": comment,
-                "channel": channel,
-                "defaulted": defaulted,
-            },
+    if approval.run_id is not None:
+        s.add(
+            RunEvent(
+                run_id=approval.run_id,
+                kind=EventKind.RESOLVED,
+                name=approval.key,
+                detail={
+                    "approval_id": approval.id,
+                    "outcome": outcome.value,
+                    "actor": actor,
+                    "comment": comment,
+                    "channel": channel,
+                    "defaulted": defaulted,
+                },
+            )
         )
-    )
     return Decision(
         approval_id=approval.id,
         run_id=approval.run_id,
@@ -243,18 +456,59 @@ def _record(
         comment=comment,
         decided_at=now,
         defaulted=defaulted,
+        votes=votes or [],
     )
 
 
 def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMessage]:
     """Write the continuation for ``decision`` to the outbox (or end the run if there is none)."""
+    sigs = continuation_of(s, approval, decision)
+    if not sigs:
+        return []
+    assert approval.run_id is not None
+    move_run(s, approval.run_id, RunStatus.RUNNING)
+    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [decision.model_dump(mode="json")])]
+
+
+def continuation_of(s: Session, approval: Approval, decision: Decision) -> list[Any]:
+    """Return the signatures to resume for a settled ``decision``; when there are none, end the run here.
+
+    Empty for an approval no run has taken yet (created ahead), and for a ``"failed"`` default at the
+    deadline (the run fails).
+    """
     if approval.run_id is None:  # created ahead (lookback): the wait step that takes it goes on with it
         return []
-    sigs = continuation_for(approval, decision.outcome)
     payload = decision.model_dump(mode="json")
-    if not sigs:
-        status = _TERMINAL_FOR[decision.outcome]
-        end_run(s, approval.run_id, status, result=payload)
+    if decision.outcome is Outcome.TIMED_OUT and approval.timeout_default == FAIL_DEFAULT:
+        end_run(s, approval.run_id, RunStatus.FAILED, result=payload, error="the approval's deadline passed")
         return []
-    move_run(s, approval.run_id, RunStatus.RUNNING)
-    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [payload])]
+    sigs = continuation_for(approval, decision.outcome)
+    if not sigs:
+        end_run(s, approval.run_id, _TERMINAL_FOR[decision.outcome], result=payload)
+    return sigs
+
+
+def decision_of(approval: Approval) -> Decision:
+    """Return the :class:`Decision` recorded for a resolved ``approval`` (as its continuation receives it).
+
+    Raises:
+        InvalidTransition: the approval has no decision (pending, or cancelled).
+    """
+    from approvals.errors import InvalidTransition
+
+    d = approval.decision
+    if d is None:
+        raise InvalidTransition(f"approval {approval.id} is {approval.status.value}; it has no decision")
+    return Decision(
+        approval_id=approval.id,
+        run_id=approval.run_id,
+        key=approval.key,
+        outcome=Outcome(d.outcome),
+        subject=approval.subject,
+        data=d.data,
+        actor=d.actor,
+        comment=d.comment,
+        decided_at=d.decided_at,
+        defaulted=d.actor == DEADLINE_ACTOR and approval.timeout_default is not None,
+        votes=[_vote_view(v) for v in approval.votes],
+    )

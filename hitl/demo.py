@@ -20,6 +20,7 @@ from approvals.errors import InvalidPayload
 from approvals.status import ApprovalStatus
 from hitl import broker, db
 from hitl.completion import decide
+from hitl.groups import add_member
 from hitl.procs import start_beat, start_worker, wait_ready
 from hitl.render import approvals_table, console, show_run
 from hitl.runs import start
@@ -42,6 +43,19 @@ def load_plan(examples: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidPayload(f"cannot read the demo plan in {examples}: {exc}") from exc
     return runs
+
+
+def load_groups(examples: Path) -> dict[str, list[str]]:
+    """Read the approver groups of ``examples/demo.json`` (``"groups"``: name → members).
+
+    Raises:
+        InvalidPayload: the file is missing or not valid JSON.
+    """
+    try:
+        groups: dict[str, list[str]] = json.loads((examples / "demo.json").read_text()).get("groups", {})
+    except (OSError, ValueError) as exc:
+        raise InvalidPayload(f"cannot read the demo plan in {examples}: {exc}") from exc
+    return groups
 
 
 def _isolate(home: Path) -> None:
@@ -71,7 +85,7 @@ def _drive(plan: list[dict[str, Any]], run_ids: list[str], timeout: float) -> bo
             shown = True
         if shown:
             for a in pending:
-                queue = queues.get(a.run_id)
+                queue = queues.get(a.run_id) if a.run_id else None
                 if queue:
                     d = queue.popleft()
                     verb = "approve" if d["outcome"] == "approved" else "reject"
@@ -114,6 +128,10 @@ def run_demo(examples: str, timeout: float) -> int:
     console.rule("hitl demo")
     console.print(f"embedded broker {broker.ensure_broker()}\ndatabase {get_settings().resolved_database_url}")
     db.get_engine()
+    for group, members in load_groups(Path(examples)).items():
+        for member in members:
+            add_member(group, member)
+        console.print(f"$ hitl groups add {group} {' '.join(members)}")
     worker = start_worker(home / "worker.log", concurrency=2)
     beat = start_beat(home / "beat.log")
     try:

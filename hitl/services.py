@@ -289,3 +289,47 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 
     revoke_key(key_id)
     print_json({"id": key_id, "revoked": True}) if as_json else click.echo(f"key {key_id} revoked")
+
+
+@cli.group(cls=HitlGroup, context_settings=CONTEXT)
+def groups() -> None:
+    """Approver groups: list them, add and remove members (HITL_GROUPS adds groups from settings)."""
+
+
+@groups.command("list")
+@json_option
+def groups_list(as_json: bool) -> None:
+    """List every group and its members (settings and database)."""
+    from hitl.groups import all_groups
+    from hitl.render import print_json
+
+    found = all_groups()
+    if as_json:
+        print_json({"groups": found})
+        return
+    if not found:
+        click.echo("no groups")
+    for name, members in found.items():
+        click.echo(f"{name:20} {', '.join(members)}")
+
+
+@groups.command("add")
+@click.argument("group")
+@click.argument("members", nargs=-1, required=True)
+def groups_add(group: str, members: tuple[str, ...]) -> None:
+    """Add MEMBERS to GROUP (created if new)."""
+    from hitl.groups import add_member
+
+    added = [m for m in members if add_member(group, m)]
+    click.echo(f"{group}: added {', '.join(added) or 'nobody new'}")
+
+
+@groups.command("remove")
+@click.argument("group")
+@click.argument("members", nargs=-1, required=True)
+def groups_remove(group: str, members: tuple[str, ...]) -> None:
+    """Remove MEMBERS from GROUP (members from HITL_GROUPS stay: change the setting)."""
+    from hitl.groups import remove_member
+
+    removed = [m for m in members if remove_member(group, m)]
+    click.echo(f"{group}: removed {', '.join(removed) or 'nobody'}")

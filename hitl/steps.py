@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from celery import Signature, Task
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
@@ -43,10 +45,29 @@ class Stop(Exception):
         super().__init__(f"run stopped as {self.status.value}")
 
 
-def _revive(value: Any) -> Any:
+def _revive(value: Any, model: type[Decision[Any]] = Decision) -> Any:
+    """A decision dict becomes a :class:`Decision` (``model``: a ``Decision[Form]`` the step declared, whose
+    ``data`` is then parsed; data that does not fit it, e.g. a rejection's, stays a plain dict)."""
     if isinstance(value, dict) and value.get("type") == DECISION_TAG:
+        if model is not Decision:
+            try:
+                return model.model_validate(value)
+            except ValidationError:
+                pass
         return Decision.model_validate(value)
     return value
+
+
+def _declared_decision(fn: Callable[..., Any]) -> type[Decision[Any]]:
+    """The ``Decision[...]`` a step function declares for its decision parameter, or plain ``Decision``."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        return Decision
+    for hint in hints.values():
+        if isinstance(hint, type) and issubclass(hint, Decision):
+            return hint
+    return Decision
 
 
 def _end_chain(request: Any) -> None:
@@ -78,6 +99,7 @@ class Step(Task):  # type: ignore[misc]
     typing = False
     transactional = False
     _accepts_run_id: bool | None = None
+    _decision_type: type[Decision[Any]] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id = kwargs.pop(RUN_ID_KWARG, None)
@@ -98,7 +120,8 @@ class Step(Task):  # type: ignore[misc]
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
         try:
-            result, row = self._execute(c, [_revive(a) for a in args], kwargs, rest)
+            model = self._decision_model()
+            result, row = self._execute(c, [_revive(a, model) for a in args], kwargs, rest)
         except steplog.LostClaim:  # a later attempt owns this step now and sends what follows
             _end_chain(request)
             return None
@@ -147,9 +170,17 @@ class Step(Task):  # type: ignore[misc]
             return None, steplog.finish(s, c, StepStatus.REPLACED, None, send=(replacement, []))
         if self.request.get("hitl_waiting"):
             return result, steplog.finish(s, c, StepStatus.WAITING, result)
+        if self.request.get("hitl_send"):  # the step chose what follows (a wait that found its decision ready)
+            return result, steplog.finish(s, c, StepStatus.FINISHED, result, send=self.request.hitl_send)
         if rest:
             return result, steplog.finish(s, c, StepStatus.FINISHED, result, send=(rest, [result]))
         return result, steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=True)
+
+    def _decision_model(self) -> type[Decision[Any]]:
+        found = self._decision_type
+        if found is None:
+            found = type(self)._decision_type = _declared_decision(self.run)
+        return found
 
     def _wants_run_id(self) -> bool:
         if self._accepts_run_id is None:

@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
 from approvals.models import Approval, Run, RunEvent, utcnow
-from approvals.schemas import ApprovalView, DecisionView, EventView, Outcome, RunView
+from approvals.schemas import ApprovalView, DecisionView, EventView, Outcome, RunView, VoteView
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from hitl.db import session_scope
 from hitl.events import LiveEvent, live_event
 
 
-def _approval_view(a: Approval, workflow: str) -> ApprovalView:
+def _approval_view(a: Approval, workflow: str | None) -> ApprovalView:
     d = a.decision
     return ApprovalView(
         id=a.id,
@@ -31,6 +31,22 @@ def _approval_view(a: Approval, workflow: str) -> ApprovalView:
         created_at=a.created_at,
         resolved_at=a.resolved_at,
         decision_schema=a.decision_schema,
+        policy=a.policy or {},
+        requester=a.requester,
+        stage=a.stage,
+        idempotency_key=a.idempotency_key,
+        votes=[
+            VoteView(
+                stage=v.stage,
+                actor=v.actor,
+                outcome=Outcome(v.outcome),
+                comment=v.comment,
+                data=v.data,
+                channel=v.channel,
+                at=v.at,
+            )
+            for v in a.votes
+        ],
         decision=None
         if d is None
         else DecisionView(
@@ -70,8 +86,8 @@ def list_approvals(
     """
     stmt = (
         select(Approval, Run.workflow)
-        .join(Run, Run.id == Approval.run_id)
-        .options(selectinload(Approval.decision))
+        .outerjoin(Run, Run.id == Approval.run_id)
+        .options(selectinload(Approval.decision), selectinload(Approval.votes))
         .order_by(Approval.created_at, Approval.id)
         .limit(limit)
     )
@@ -138,7 +154,10 @@ def get_approval(approval_id: str) -> ApprovalView:
     """
     with session_scope() as s:
         row = s.execute(
-            select(Approval, Run.workflow).join(Run, Run.id == Approval.run_id).where(Approval.id == approval_id)
+            select(Approval, Run.workflow)
+            .outerjoin(Run, Run.id == Approval.run_id)
+            .where(Approval.id == approval_id)
+            .options(selectinload(Approval.decision), selectinload(Approval.votes))
         ).one_or_none()
         if row is None:
             raise ApprovalNotFound(f"no approval has id {approval_id!r}")
@@ -187,7 +206,12 @@ def get_run(run_id: str) -> RunView:
     """
     with session_scope() as s:
         run = s.scalar(
-            select(Run).where(Run.id == run_id).options(selectinload(Run.approvals).selectinload(Approval.decision))
+            select(Run)
+            .where(Run.id == run_id)
+            .options(
+                selectinload(Run.approvals).selectinload(Approval.decision),
+                selectinload(Run.approvals).selectinload(Approval.votes),
+            )
         )
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")

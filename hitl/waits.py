@@ -16,18 +16,16 @@ from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
 from approvals.models import Approval, Run, RunEvent, utcnow
-from approvals.policy import check_decision_schema
+from approvals.policy import FAIL_DEFAULT, check_decision_schema
 from approvals.schemas import ApprovalPolicy, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import move_run
+from hitl import completion, lookback
 from hitl.canvas import as_sig_list
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size
 from hitl.settings import get_settings
-from hitl.steps import Step, parse_duration, step
-
-#: ``default="failed"``: the deadline ends the run as failed.
-FAIL_DEFAULT = "failed"
+from hitl.steps import Step, Stop, parse_duration, step
 
 
 def _policy(**values: Any) -> ApprovalPolicy:
@@ -101,7 +99,8 @@ def wait_for_approval(
     escalate_after: str | float | None = None,
     escalate_to: list[str] | tuple[str, ...] = (),
     default_data: dict[str, Any] | None = None,
-) -> str:
+    idempotency_key: str | None = None,
+) -> Any:
     """Pause the run for a human decision on ``subject`` (the previous step's result).
 
     Use it in a chain: ``draft.s(t) | wait_for_approval.s(key="editor-review", timeout="1h") | publish.s()``.
@@ -127,13 +126,16 @@ def wait_for_approval(
         forbid_requester: the person who started the run may not decide it.
         remind_after, remind_every: remind the assignees at ``remind_after`` and every ``remind_every`` after.
         escalate_after, escalate_to: at ``escalate_after``, add ``escalate_to`` to the assignees and notify them.
+        idempotency_key: take the approval created ahead under this key (:func:`hitl.create_approval`)
+            instead of creating one; if it was already decided, the run goes on at once with that decision.
         decision: a pydantic model class (turned into its JSON Schema by ``.s()``) or a JSON Schema dict
             that an approval's data must satisfy; the inbox renders a form from it and a decision failing
             it is refused (``InvalidDecision``: CLI exit 2, HTTP 422) with nothing changed.
 
     Returns:
         The approval id. The chain ends here; the continuation (the rest of the chain) is stored and is
-        resumed by the completion handler with a :class:`~approvals.schemas.Decision`.
+        resumed by the completion handler with a :class:`~approvals.schemas.Decision`. (When it takes an
+        approval created ahead that was already decided, it returns that decision and the chain goes on.)
 
     Raises:
         InvalidPayload: a bad ``timeout``, ``default`` or ``decision`` schema, or a subject over the size limit.
@@ -164,6 +166,22 @@ def wait_for_approval(
     existing = s.scalar(select(Approval.id).where(Approval.step_task_id == request.id))
     if existing:  # a redelivery of this wait step: the approval is already stored
         return str(existing)
+    if idempotency_key is not None:
+        taken = lookback.take(
+            s,
+            idempotency_key,
+            run_id,
+            request.id,
+            {
+                "continuation": continuation,
+                "on_reject": as_sig_list(on_reject),
+                "on_timeout": as_sig_list(on_timeout),
+                "timeout_default": default,
+                "subject": subject,
+            },
+        )
+        if taken is not None:
+            return _go_on_or_wait(s, request, taken, run_id)
     approval_id = new_id()
     s.add(
         Approval(
@@ -179,6 +197,7 @@ def wait_for_approval(
             on_reject=as_sig_list(on_reject),
             on_timeout=as_sig_list(on_timeout),
             timeout_default=default,
+            idempotency_key=idempotency_key,
             decision_schema=schema,
             policy=policy.model_dump(exclude_defaults=True),
             requester=s.scalar(select(Run.requester).where(Run.id == run_id)),
@@ -203,3 +222,33 @@ def wait_for_approval(
         )
     )
     return approval_id
+
+
+def _go_on_or_wait(s: Session, request: Any, approval: Approval, run_id: str) -> Any:
+    """A wait took an approval created ahead: wait on it if pending, else go on at once with its decision."""
+    if approval.status is ApprovalStatus.PENDING:
+        move_run(s, run_id, RunStatus.WAITING)
+        return approval.id
+    if approval.status is ApprovalStatus.CANCELLED:
+        raise Stop(RunStatus.CANCELLED, {"approval_id": approval.id}, reason="the approval was cancelled")
+    decision = completion.decision_of(approval).model_copy(update={"run_id": run_id})
+    s.add(
+        RunEvent(
+            run_id=run_id,
+            kind=EventKind.RESOLVED,
+            name=approval.key,
+            detail={
+                "approval_id": approval.id,
+                "outcome": decision.outcome.value,
+                "actor": decision.actor,
+                "comment": decision.comment,
+                "decided_ahead": True,
+            },
+        )
+    )
+    sigs = completion.continuation_of(s, approval, decision)
+    if not sigs:  # the run ended with the outcome (nothing after the wait, or a failed default)
+        return approval.id
+    request.hitl_waiting = False
+    request.hitl_send = (sigs, [decision.model_dump(mode="json")])
+    return decision.model_dump(mode="json")

@@ -51,6 +51,14 @@ def effects(run_id: str | None = None, step: str | None = None) -> list[Effect]:
         return list(s.scalars(stmt))
 
 
+class ReviewForm(BaseModel):
+    """The decision form of the typed gate: what an approver must fill in."""
+
+    rating: int = Field(ge=1, le=5, description="How good is it, 1 to 5.")
+    channel: Literal["blog", "newsletter"] = "blog"
+    urgent: bool = False
+
+
 @hitl.step(name="tests.prepare", bind=True)
 def prepare(self: hitl.Step, payload: dict[str, Any], run_id: str) -> dict[str, Any]:
     record("prepare", run_id, self.request.id, payload)
@@ -66,6 +74,13 @@ def after(self: hitl.Step, decision: hitl.Decision, run_id: str) -> dict[str, An
     if decision.outcome is hitl.Outcome.TIMED_OUT:
         raise hitl.Stop(hitl.RunStatus.TIMED_OUT, {"outcome": "timed_out"})
     return {"outcome": decision.outcome.value, "data": decision.data}
+
+
+@hitl.step(name="tests.typed_after", bind=True)
+def typed_after(self: hitl.Step, decision: hitl.Decision[ReviewForm], run_id: str) -> dict[str, Any]:
+    """Record what type the decision's data arrived as (the parsed form, for a typed wait)."""
+    record("typed_after", run_id, self.request.id, {"type": type(decision.data).__name__, "data": repr(decision.data)})
+    return {"outcome": decision.outcome.value}
 
 
 @hitl.step(name="tests.finish", bind=True)
@@ -87,21 +102,13 @@ def ping(self: Any, n: int) -> int:
     return n
 
 
-class ReviewForm(BaseModel):
-    """The decision form of the typed gate: what an approver must fill in."""
-
-    rating: int = Field(ge=1, le=5, description="How good is it, 1 to 5.")
-    channel: Literal["blog", "newsletter"] = "blog"
-    urgent: bool = False
-
-
 @hitl.workflow("gate")
 def gate(payload: dict[str, Any]) -> Any:
     """prepare | wait | after | finish, with options from the payload."""
     wait_kwargs: dict[str, Any] = {
         "key": "gate",
         "timeout": payload.get("timeout", "1h"),
-        "assignees": payload.get("assignees", ["testers"]),
+        "assignees": payload.get("assignees", []),
     }
     if payload.get("default"):
         wait_kwargs["default"] = payload["default"]
@@ -109,6 +116,22 @@ def gate(payload: dict[str, Any]) -> Any:
         wait_kwargs["on_reject"] = on_reject.s()
     if payload.get("typed"):
         wait_kwargs["decision"] = ReviewForm
+    for option in (
+        "quorum",
+        "stages",
+        "any_rejection_rejects",
+        "forbid_requester",
+        "idempotency_key",
+        "default_data",
+        "remind_after",
+        "remind_every",
+        "escalate_after",
+        "escalate_to",
+    ):
+        if option in payload:
+            wait_kwargs[option] = payload[option]
+    if payload.get("typed_after"):
+        return prepare.s(payload) | hitl.wait_for_approval.s(**wait_kwargs) | typed_after.s()
     return prepare.s(payload) | hitl.wait_for_approval.s(**wait_kwargs) | after.s() | finish.s()
 
 

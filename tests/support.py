@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_GROUPS = {"editors": ["alice", "bob", "carol", "a"], "dba": ["dana", "alice", "a"]}
 T = TypeVar("T")
 
 
@@ -52,6 +53,8 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
         "HITL_RELAY_INTERVAL": "1",
         "HITL_RELAY_GRACE": "1",
         "HITL_WORKFLOW_MODULES": '["tasks", "tests.flows"]',
+        # The example workflows ask groups "editors" and "dba"; only their members may decide.
+        "HITL_GROUPS": json.dumps(TEST_GROUPS),
         "PYTHONPATH": str(ROOT),
     }
     env.update(extra)

@@ -121,7 +121,7 @@ def _card(request: Request, approval_id: str, status: int = 200, **extra: Any) -
         "card.html",
         status=status,
         a=a,
-        run=views.get_run(a.run_id),
+        run=views.get_run(a.run_id) if a.run_id else None,
         subject=json.dumps(a.subject, indent=2, ensure_ascii=False),
         fields=fields_of(a.decision_schema),
         action_url=f"/inbox/approvals/{a.id}",
@@ -150,7 +150,7 @@ def card_state(request: Request, approval_id: str) -> HTMLResponse:
     principal, _ = _session(request)
     auth.require(principal, Scope.READ)
     a = views.get_approval(approval_id)
-    return _page(request, "card_state.html", a=a, run=views.get_run(a.run_id))
+    return _page(request, "card_state.html", a=a, run=views.get_run(a.run_id) if a.run_id else None)
 
 
 @router.post("/inbox/approvals/{approval_id}", response_model=None)

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
+from approvals.errors import InvalidTransition
 from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus, Scope
-from hitl import auth, completion, runs, views
+from hitl import auth, completion, lookback, runs, views
 from hitl.api import streams
 from hitl.api.app import Caller
 
@@ -142,6 +143,18 @@ class LinkResponse(BaseModel):
     action: str
 
 
+class CreateApprovalRequest(BaseModel):
+    """An approval created ahead of its wait step (lookback); the wait that declares the same
+    ``idempotency_key`` takes it, and goes on at once if it was already decided."""
+
+    key: Name
+    idempotency_key: Name
+    subject: Any = None
+    assignees: list[Name] = Field(default_factory=list, max_length=100)
+    timeout: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(None, description="Seconds.")
+    decision_schema: dict[str, Any] | None = Field(None, description="JSON Schema of the approval's data.")
+
+
 class ApprovalPage(BaseModel):
     """One page of approvals, oldest first; pass ``next_cursor`` as ``cursor`` for the next (None: last)."""
 
@@ -246,6 +259,24 @@ def list_approvals(
     return ApprovalPage(items=items, next_cursor=views.approval_cursor(items[-1]) if more else None)
 
 
+@router.post("/approvals", status_code=201, response_model=ApprovalView, responses=_errors(), tags=["approvals"])
+def create_approval(body: CreateApprovalRequest, caller: Caller) -> ApprovalView:
+    """Create an approval ahead of the run's wait step (idempotent on ``idempotency_key``).
+
+    People can decide it at once; the wait step declaring ``idempotency_key`` then continues without pausing.
+    """
+    auth.require(caller, Scope.START)
+    return lookback.create_approval(
+        body.key,
+        idempotency_key=body.idempotency_key,
+        subject=body.subject,
+        assignees=body.assignees,
+        timeout=body.timeout,
+        decision=body.decision_schema,
+        requester=caller.actor,
+    )
+
+
 @router.get("/approvals/events", responses=_errors(), tags=["events"], response_class=EventSourceResponse)
 def inbox_events(caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0) -> EventSourceResponse:
     """Server-sent events for an inbox: ``waiting_for_input``, ``input_resolved``, ``decision_refused`` and
@@ -270,6 +301,8 @@ def approval_events(
     """Server-sent events of one approval (readable with its approval token); ends when it is resolved."""
     auth.require(caller, Scope.READ, approval_id)
     run_id = views.get_approval(approval_id).run_id
+    if run_id is None:
+        raise InvalidTransition(f"approval {approval_id} was created ahead; it has events once a run takes it")
     return EventSourceResponse(streams.approval_stream(run_id, approval_id, last_event_id), ping=15)
 
 

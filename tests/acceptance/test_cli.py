@@ -22,6 +22,7 @@ COMMANDS = [
     ["approvals", "show"],
     ["approvals", "link"],
     ["approvals", "token"],
+    ["approvals", "create"],
     ["approve"],
     ["reject"],
     ["runs"],
@@ -45,6 +46,10 @@ COMMANDS = [
     ["keys", "create"],
     ["keys", "list"],
     ["keys", "revoke"],
+    ["groups"],
+    ["groups", "list"],
+    ["groups", "add"],
+    ["groups", "remove"],
 ]
 
 
