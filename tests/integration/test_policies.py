@@ -25,7 +25,7 @@ def start(stack: Stack, *by: str, **payload: Any) -> tuple[str, str]:
     run_id = res.out.strip()
 
     def pending() -> Any:
-        rows = stack.cli("approvals", "list", "--run", run_id, "--json").json()
+        rows = stack.cli("approvals", "list", "--run", run_id, "--status", "all", "--json").json()
         return rows[0]["id"] if rows else None
 
     return run_id, wait_for(pending, what=f"run {run_id} to wait")
