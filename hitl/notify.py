@@ -5,9 +5,9 @@ The reminder sweep (:mod:`hitl.reminders`) writes notification rows; :func:`send
 sends them. Each row is claimed by compare-and-set (``attempts`` n → n+1, ``next_attempt_at`` pushed past the
 time a send may take plus an exponential backoff), so two senders never send one row at once, and a sender
 that dies mid-send leaves the row to be tried again. A failure is recorded in ``last_error`` and retried
-after the backoff; after ``HITL_NOTIFY_MAX_ATTEMPTS`` attempts the row is given up (``state`` failed). With
-several notifiers, the ones that delivered are recorded in the row's ``detail["delivered_by"]`` and a retry
-goes to the others only.
+after the backoff (counted from the failure); after ``HITL_NOTIFY_MAX_ATTEMPTS`` attempts the row is given up
+(``detail["gave_up"]``, shown as state ``failed``). With several notifiers, the ones that delivered are
+recorded in the row's ``detail["delivered_by"]`` and a retry goes to the others only.
 
 Nothing on the deadline path calls a notifier: the deadline sweep only resolves approvals, and a worker on
 the notify queue alone (``hitl dev`` runs one) keeps a slow notifier off the worker that runs steps and sweeps.
@@ -252,15 +252,16 @@ def _record(row: Notification, delivered: list[str], error: str | None, settings
     else:
         gave_up = row.attempts >= settings.notify_max_attempts
         values["last_error"] = f"gave up after {row.attempts} attempts: {error}" if gave_up else error
+        values["detail"]["gave_up"] = gave_up
         # The backoff counts from the failure, not from the claim (whose lease covered the send itself).
         values["next_attempt_at"] = utcnow() + timedelta(seconds=backoff(row.attempts, settings))
         log.warning(
-            "notice %s #%d for approval %s: attempt %d failed%s: %s",
+            "sending notice %s #%d for approval %s failed (attempt %d%s): %s",
             row.kind,
             row.seq,
             row.approval_id,
             row.attempts,
-            " (giving up)" if gave_up else "",
+            ", giving up" if gave_up else "",
             error,
         )
     with session_scope() as s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import String, and_, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -219,6 +220,15 @@ def get_run(run_id: str) -> RunView:
         return _run_view(s, run, full=True)
 
 
+def _state(n: Notification, max_attempts: int, now: datetime) -> Literal["sent", "pending", "failed"]:
+    if n.sent_at is not None:
+        return "sent"
+    # Given up: recorded by the last attempt, or the last attempt's lease ran out without a record (it crashed).
+    if (n.detail or {}).get("gave_up") or (n.attempts >= max_attempts and n.next_attempt_at <= now):
+        return "failed"
+    return "pending"
+
+
 def list_notifications(approval_id: str | None = None, limit: int = 100) -> list[NotificationView]:
     """Return notifications (reminders, escalations) with their delivery state, newest first.
 
@@ -226,6 +236,7 @@ def list_notifications(approval_id: str | None = None, limit: int = 100) -> list
         ApprovalNotFound: ``approval_id`` is given and no approval has it.
     """
     max_attempts = get_settings().notify_max_attempts
+    now = utcnow()
     stmt = select(Notification).order_by(Notification.id.desc()).limit(limit)
     with session_scope() as s:
         if approval_id is not None:
@@ -245,7 +256,7 @@ def list_notifications(approval_id: str | None = None, limit: int = 100) -> list
             attempts=n.attempts,
             next_attempt_at=n.next_attempt_at,
             last_error=n.last_error,
-            state="sent" if n.sent_at else "failed" if n.attempts >= max_attempts else "pending",
+            state=_state(n, max_attempts, now),
             delivered_by=[str(x) for x in (n.detail or {}).get("delivered_by", [])],
         )
         for n in rows
