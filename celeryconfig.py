@@ -10,6 +10,7 @@ result backend: a run's state and results are rows in its own database.
 from __future__ import annotations
 
 from celery.schedules import crontab
+from kombu import Queue
 
 from hitl.broker import broker_url as _broker_url
 from hitl.settings import get_settings
@@ -50,10 +51,19 @@ timezone = "UTC"
 
 imports = ["hitl.jobs", *_settings.workflow_modules]
 
+# Notices go out on their own queue, so a worker consuming only it (`hitl dev` runs one; in production
+# `hitl worker -Q hitl.notify`) keeps a slow notifier off the processes that run steps and sweep deadlines.
+# A worker started without -Q consumes both queues, so notices are delivered with any default setup.
+task_default_queue = "celery"
+task_queues = (Queue("celery"), Queue(_settings.notify_queue))
+task_routes = {"hitl.send_notifications": {"queue": _settings.notify_queue}}
+
 beat_schedule_filename = str(_settings.home_dir / "celerybeat-schedule")
 beat_schedule = {
     "hitl-sweep-deadlines": {"task": "hitl.sweep_deadlines", "schedule": _settings.sweep_interval},
     "hitl-relay-outbox": {"task": "hitl.relay_outbox", "schedule": _settings.relay_interval},
+    "hitl-sweep-reminders": {"task": "hitl.sweep_reminders", "schedule": _settings.remind_interval},
+    "hitl-send-notifications": {"task": "hitl.send_notifications", "schedule": _settings.notify_interval},
     "pending-approvals-digest": {
         "task": "tasks.digest.pending_digest",
         "schedule": crontab.from_string(_settings.digest_cron),

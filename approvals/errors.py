@@ -121,3 +121,7 @@ class InfrastructureError(HitlError):
 
 class BrokerUnavailable(InfrastructureError):
     """The broker could not be reached."""
+
+
+class NotifierFailed(InfrastructureError):
+    """A notifier could not deliver a notice; it is retried later."""

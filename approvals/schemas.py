@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar
 
-from approvals.status import ApprovalStatus, EventKind, RunStatus
+from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
 
 
 class Outcome(StrEnum):
@@ -171,3 +171,45 @@ class RunView(BaseModel):
     finished_at: datetime | None
     approvals: list[ApprovalView] = Field(default_factory=list)
     timeline: list[EventView] = Field(default_factory=list)
+
+
+class Notice(BaseModel):
+    """What a notifier sends about one notification: the JSON body of a webhook, the text of an email.
+
+    ``recipients`` are users (groups already expanded); ``assignees`` are the approval's assignees as
+    declared (users and groups) after any escalation.
+    """
+
+    type: Literal["hitl.notice"] = "hitl.notice"
+    kind: NotificationKind
+    #: The reminder's number (1, 2, ...), or 1 for the escalation.
+    seq: int
+    approval_id: str
+    run_id: str | None
+    workflow: str | None
+    key: str
+    recipients: list[str]
+    assignees: list[str]
+    deadline: datetime
+    subject: Any = None
+    #: One line for people: what happened and what is asked.
+    text: str
+
+
+class NotificationView(BaseModel):
+    """A notification and its delivery state, as ``hitl notifications list`` shows it."""
+
+    id: int
+    approval_id: str
+    kind: NotificationKind
+    seq: int
+    recipients: list[str]
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    #: ``sent``; ``pending`` (not yet sent, will be tried again); ``failed`` (gave up after the last attempt).
+    state: Literal["sent", "pending", "failed"]
+    #: Notifiers that delivered it (a notice partly delivered is retried only on the others).
+    delivered_by: list[str] = Field(default_factory=list)

@@ -71,6 +71,15 @@ class EventKind(StrEnum):
     FINISHED = "run_finished"  # the run reached a terminal status
     REFUSED = "decision_refused"  # a decision attempt was refused (not allowed); nothing else changed
     VOTED = "vote_recorded"  # one vote of several (quorum, sequential sign-off) was recorded
+    REMINDED = "reminder_sent"  # the reminder sweep queued a reminder to the assignees
+    ESCALATED = "escalated"  # the escalation group was added to the assignees and notified
+
+
+class NotificationKind(StrEnum):
+    """What a notice (a row of ``hitl_notifications``) is about."""
+
+    REMINDER = "reminder"  # the assignees are reminded of a pending approval
+    ESCALATION = "escalation"  # the escalation group was added to a pending approval's assignees
 
 
 class Scope(StrEnum):

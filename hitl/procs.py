@@ -92,6 +92,22 @@ def start_worker(
     return spawn("worker", argv, log_path)
 
 
+def start_notifier(log_path: Path | None, *, concurrency: int = 4) -> Service:
+    """Start a worker on the notify queue alone (``HITL_NOTIFY_QUEUE``), with a thread pool: sending notices
+    is waiting on the network, and a slow notifier then holds none of the processes that run steps."""
+    from hitl.settings import get_settings
+
+    service = start_worker(
+        log_path,
+        concurrency=concurrency,
+        pool="threads",
+        queues=get_settings().notify_queue,
+        hostname="notify@%h",
+    )
+    service.name = "notifier"
+    return service
+
+
 def start_beat(log_path: Path | None, extra: tuple[str, ...] = ()) -> Service:
     """Start ``celery beat`` (deadline sweep, outbox relay, cron jobs)."""
     return spawn("beat", celery_argv("beat", "--loglevel", "INFO", *extra), log_path)

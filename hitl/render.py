@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from approvals.models import utcnow
-from approvals.schemas import ApprovalView, EventView, RunView
+from approvals.schemas import ApprovalView, EventView, NotificationView, RunView
 
 #: Wide output when piped (logs, CI), the terminal's width otherwise.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -83,6 +83,27 @@ def runs_table(rows: list[RunView]) -> Table:
     return table
 
 
+def notifications_table(rows: list[NotificationView]) -> Table:
+    """A table of notices: approval, kind, number, recipients, attempts, state, last error."""
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "APPROVAL", "KIND", "SEQ", "RECIPIENTS", "ATTEMPTS", "STATE", "CREATED", "LAST ERROR"):
+        table.add_column(col)
+    for n in rows:
+        state = f"sent {ago(n.sent_at)}" if n.sent_at else n.state if n.state == "failed" else "unsent"
+        table.add_row(
+            str(n.id),
+            n.approval_id,
+            n.kind.value,
+            str(n.seq),
+            short(", ".join(n.recipients) or "-", 40),
+            str(n.attempts),
+            state,
+            ago(n.created_at),
+            short(n.last_error or "-", 60),
+        )
+    return table
+
+
 def _event_text(e: EventView) -> str:
     d = e.detail
     if e.kind == "input_resolved":
@@ -90,6 +111,10 @@ def _event_text(e: EventView) -> str:
         comment = f" — {d['comment']}" if d.get("comment") else ""
         default = " (wait's default)" if d.get("defaulted") else ""
         return f"{e.name}: {d.get('outcome')}{default}{by}{comment}"
+    if e.kind == "reminder_sent":
+        return f"{e.name}: reminder {d.get('reminder')} to {', '.join(d.get('recipients') or []) or 'nobody'}"
+    if e.kind == "escalated":
+        return f"{e.name}: escalated to {', '.join(d.get('escalate_to') or [])}"
     if e.kind == "waiting_for_input":
         return f"{e.name}: approval {d.get('approval_id')} for {','.join(d.get('assignees') or []) or 'anyone'}"
     if e.kind in ("step_failed", "run_finished") and (d.get("error") or d.get("reason")):

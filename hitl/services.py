@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import click
 
@@ -26,7 +27,12 @@ def _exec_celery(*args: str) -> None:
 @click.option("--loglevel", "-l", default="INFO", help="Celery log level.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker for hitl (extra arguments go to `celery worker`)."""
+    """Run a Celery worker for hitl (extra arguments go to `celery worker`).
+
+    Without -Q it consumes every queue: steps and beat jobs ("celery") and notices (HITL_NOTIFY_QUEUE).
+    To keep slow notifiers away from steps and deadlines, run `hitl worker -Q celery` and, beside it,
+    `hitl worker -Q hitl.notify -P threads -c 4`.
+    """
     _exec_celery("worker", "--concurrency", str(concurrency), "--loglevel", loglevel, "--events", *celery_args)
 
 
@@ -48,20 +54,27 @@ def flower(flower_args: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, help="Worker processes.")
 def dev(concurrency: int) -> None:
-    """Run the embedded broker, a worker and beat in this terminal until Ctrl-C.
+    """Run the embedded broker, a worker, a notifier worker and beat in this terminal until Ctrl-C.
 
+    The notifier worker consumes the notify queue (HITL_NOTIFY_QUEUE) alone, so a slow webhook or mail
+    server never holds a process that runs steps or sweeps deadlines.
     Use a second terminal for `hitl start`, `hitl approvals list`, `hitl approve`.
     """
     from hitl.broker import broker_url, ensure_broker
     from hitl.db import get_engine
-    from hitl.procs import start_beat, start_worker
+    from hitl.procs import Service, start_beat, start_notifier, start_worker
     from hitl.settings import get_settings
 
     settings = get_settings()
     ensure_broker()
     get_engine()
     click.echo(f"hitl dev: broker {broker_url()}, database {settings.resolved_database_url}")
-    services = [start_worker(None, concurrency=concurrency), start_beat(None)]
+    starters: list[Callable[[], Service]] = [
+        lambda: start_worker(None, concurrency=concurrency, queues="celery"),
+        lambda: start_notifier(None),
+        lambda: start_beat(None),
+    ]
+    services = [start() for start in starters]
     stopping = False  # set by Ctrl-C
 
     def _stop(*_: object) -> None:
@@ -70,7 +83,6 @@ def dev(concurrency: int) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    starters = [lambda: start_worker(None, concurrency=concurrency), lambda: start_beat(None)]
     try:
         while not stopping:
             for i, service in enumerate(services):
@@ -82,7 +94,7 @@ def dev(concurrency: int) -> None:
     finally:
         for s in services:
             s.stop()
-    click.echo("hitl dev: stopped worker and beat (the broker keeps running; `hitl broker stop` stops it)")
+    click.echo("hitl dev: stopped workers and beat (the broker keeps running; `hitl broker stop` stops it)")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,12 +72,49 @@ class Settings(BaseSettings):
         description='Approver groups, JSON: {"editors": ["alice", "bob"]}; merged with `hitl groups` in the database.',
     )
     session_ttl: float = Field(12 * 3600, gt=0, description="Seconds an inbox browser session stays signed in.")
+    remind_interval: float = Field(
+        10.0, gt=0, description="Seconds between reminder and escalation sweeps on beat (the precision of T1, T2)."
+    )
+    notify_interval: float = Field(5.0, gt=0, description="Seconds between passes of the notification sender on beat.")
+    notify_queue: str = Field(
+        "hitl.notify",
+        min_length=1,
+        description="Celery queue of the notification sender; a worker on it alone keeps slow notifiers away"
+        " from steps and deadlines (`hitl dev` runs one).",
+    )
+    notifiers: list[Literal["log", "webhook", "email"]] = Field(
+        ["log"], description='Where notices go, JSON list of "log", "webhook", "email".'
+    )
+    notify_timeout: float = Field(10.0, gt=0, description="Seconds one notifier may take to send one notice.")
+    notify_max_attempts: int = Field(8, ge=1, description="Attempts to send a notice before giving up (recorded).")
+    notify_backoff: float = Field(
+        2.0, gt=0, description="Seconds before the first retry of a failed notice; doubled at each attempt."
+    )
+    notify_backoff_max: float = Field(600.0, gt=0, description="Longest wait (s) between two attempts of a notice.")
+    webhook_url: str | None = Field(None, description="URL the webhook notifier POSTs each notice to, as JSON.")
+    smtp_host: str = Field("localhost", description="SMTP server of the email notifier.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
+    smtp_username: str | None = Field(None, description="SMTP login, if the server needs one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password, with HITL_SMTP_USERNAME.")
+    smtp_sender: str = Field("hitl@localhost", description="From address of notice emails.")
+    email_domain: str | None = Field(
+        None,
+        description='Address of a user without "@" in their name: name@HITL_EMAIL_DOMAIN (names with "@" are used'
+        " as they are; without a domain such users get no email).",
+    )
 
     @model_validator(mode="after")
     def _visibility_outlasts_steps(self) -> Settings:
         # A message must not be re-delivered while its step may still be running (Celery's Redis caveat).
         if self.visibility_timeout <= self.step_time_limit:
             raise ValueError("HITL_VISIBILITY_TIMEOUT must be longer than HITL_STEP_TIME_LIMIT")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_has_url(self) -> Settings:
+        if "webhook" in self.notifiers and not self.webhook_url:
+            raise ValueError("HITL_NOTIFIERS names webhook but HITL_WEBHOOK_URL is not set")
         return self
 
     @property

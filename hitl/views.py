@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import String, and_, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
-from approvals.models import Approval, Run, RunEvent, utcnow
-from approvals.schemas import ApprovalView, DecisionView, EventView, Outcome, RunView, VoteView
-from approvals.status import ApprovalStatus, EventKind, RunStatus
+from approvals.models import Approval, Notification, Run, RunEvent, utcnow
+from approvals.schemas import ApprovalView, DecisionView, EventView, NotificationView, Outcome, RunView, VoteView
+from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
 from hitl.db import session_scope
 from hitl.events import LiveEvent, live_event
+from hitl.settings import get_settings
 
 
 def _approval_view(a: Approval, workflow: str | None) -> ApprovalView:
@@ -216,3 +218,46 @@ def get_run(run_id: str) -> RunView:
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
         return _run_view(s, run, full=True)
+
+
+def _state(n: Notification, max_attempts: int, now: datetime) -> Literal["sent", "pending", "failed"]:
+    if n.sent_at is not None:
+        return "sent"
+    # Given up: recorded by the last attempt, or the last attempt's lease ran out without a record (it crashed).
+    if (n.detail or {}).get("gave_up") or (n.attempts >= max_attempts and n.next_attempt_at <= now):
+        return "failed"
+    return "pending"
+
+
+def list_notifications(approval_id: str | None = None, limit: int = 100) -> list[NotificationView]:
+    """Return notifications (reminders, escalations) with their delivery state, newest first.
+
+    Raises:
+        ApprovalNotFound: ``approval_id`` is given and no approval has it.
+    """
+    max_attempts = get_settings().notify_max_attempts
+    now = utcnow()
+    stmt = select(Notification).order_by(Notification.id.desc()).limit(limit)
+    with session_scope() as s:
+        if approval_id is not None:
+            if s.get(Approval, approval_id) is None:
+                raise ApprovalNotFound(f"no approval has id {approval_id!r}")
+            stmt = stmt.where(Notification.approval_id == approval_id)
+        rows = list(s.scalars(stmt))
+    return [
+        NotificationView(
+            id=n.id,
+            approval_id=n.approval_id,
+            kind=NotificationKind(n.kind),
+            seq=n.seq,
+            recipients=[str(r) for r in n.recipients],
+            created_at=n.created_at,
+            sent_at=n.sent_at,
+            attempts=n.attempts,
+            next_attempt_at=n.next_attempt_at,
+            last_error=n.last_error,
+            state=_state(n, max_attempts, now),
+            delivered_by=[str(x) for x in (n.detail or {}).get("delivered_by", [])],
+        )
+        for n in rows
+    ]

@@ -140,6 +140,8 @@ class Stack:
     redis: RedisServer | None = None
     concurrency: int = 2
     pool: str = "prefork"
+    #: The queues the worker consumes (None: every queue, notices included).
+    queues: str | None = None
     #: Workers that exited on their own and were restarted, as a process supervisor (systemd, Docker's
     #: restart policy) would. kombu's Redis transport can exit a worker on reconnect ("Unrecoverable error").
     crashes: int = 0
@@ -174,7 +176,7 @@ class Stack:
             os.killpg(old.proc.pid, 9)
             old.proc.wait()
         log = self.home / f"worker-{len(self.services)}.log"
-        self.services[0] = start_worker(log, concurrency=self.concurrency, pool=self.pool)
+        self.services[0] = start_worker(log, concurrency=self.concurrency, pool=self.pool, queues=self.queues)
         self.services.append(old)  # keep its log for the report
         wait_ready(self.services[0])
 
@@ -197,9 +199,14 @@ def running_stack(
     pool: str = "prefork",
     beat: bool = True,
     external_broker: bool = False,
+    queues: str | None = None,
+    notifier: bool = False,
     **env_extra: str,
 ) -> Iterator[Stack]:
     """Start a Redis server, a real ``celery worker`` and (optionally) ``celery beat``; stop them after.
+
+    ``queues`` limits the worker to those queues; ``notifier`` adds a worker on the notify queue alone, as
+    ``hitl dev`` runs them (``queues="celery", notifier=True``).
 
     The broker is the embedded one, or with ``external_broker`` a server the test owns (``Stack.redis``),
     reached through ``HITL_BROKER_URL`` so that nothing restarts it behind the test's back.
@@ -213,17 +220,21 @@ def running_stack(
     env = base_env(home, **env_extra)
     point_process_at(env)
     from hitl import broker, db
-    from hitl.procs import start_beat, start_worker, wait_ready
+    from hitl.procs import start_beat, start_notifier, start_worker, wait_ready
 
     broker.ensure_broker()
     db.get_engine()
-    services = [start_worker(home / "worker.log", concurrency=concurrency, pool=pool)]
+    services = [start_worker(home / "worker.log", concurrency=concurrency, pool=pool, queues=queues)]
     if beat:
         services.append(start_beat(home / "beat.log"))
-    stack = Stack(home, env, services, redis_server, concurrency, pool)
+    if notifier:
+        services.append(start_notifier(home / "notifier.log"))
+    stack = Stack(home, env, services, redis_server, concurrency, pool, queues)
     supervisor = threading.Thread(target=stack.supervise, daemon=True)
     try:
-        wait_ready(services[0])
+        for service in services:
+            if service.name != "beat":
+                wait_ready(service)
         supervisor.start()
         yield stack
     finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, hitl_cli
+from tests.support import ROOT, base_env, hitl_cli, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -25,6 +26,8 @@ COMMANDS = [
     ["approvals", "create"],
     ["approve"],
     ["reject"],
+    ["notifications"],
+    ["notifications", "list"],
     ["runs"],
     ["runs", "list"],
     ["runs", "show"],
@@ -154,3 +157,31 @@ def test_keys_and_links_from_the_cli(tmp_path: Path) -> None:
     assert missing.code == 1 and "no approval has id" in missing.err
     assert hitl_cli("approvals", "link", "nope", "--for", "bob", "--action", "explode", env=env).code == 2
     assert hitl_cli("approvals", "token", "nope", env=env).code == 2  # --for is required
+
+
+def test_dev_delivers_reminders_through_its_notifier_worker(tmp_path: Path) -> None:
+    """`hitl dev` as a user runs it: a run's reminder is written by beat and delivered (log notifier)."""
+    env = base_env(tmp_path, HITL_REMIND_INTERVAL="0.3", HITL_NOTIFY_INTERVAL="0.3")
+    with (tmp_path / "dev.log").open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "hitl", "dev"], env={**env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        payload = json.dumps({"remind_after": "1s", "timeout": "1h"})
+        started = hitl_cli("start", "gate", "--payload", payload, env=env)
+        assert started.code == 0, started.err
+
+        def sent() -> list[dict[str, object]]:
+            rows = hitl_cli("notifications", "list", "--json", env=env).json()
+            return [n for n in rows if n["state"] == "sent"]
+
+        (notice,) = wait_for(sent, timeout=90, what="the reminder delivered")
+        assert notice["kind"] == "reminder" and notice["seq"] == 1 and notice["delivered_by"] == ["log"]
+        log = (tmp_path / "dev.log").read_text()
+        assert f"notice reminder #1 for approval {notice['approval_id']}:" in log
+        assert "notify@" in log  # the notifier worker on its own queue
+    finally:
+        dev.send_signal(signal.SIGINT)
+        dev.wait(60)
+        hitl_cli("broker", "stop", env=env)
+    assert dev.returncode == 0
