@@ -389,7 +389,7 @@ def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> N
 
 def main() -> None:
     """Console-script entry point."""
-    from hitl import services  # noqa: F401 - registers worker, beat, dev, demo, broker, db
+    from hitl import audit_cli, services  # noqa: F401 - registers worker, beat, dev, demo, broker, db; audit
 
     cli(prog_name="hitl")
 
