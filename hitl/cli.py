@@ -380,7 +380,7 @@ def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> N
     import hitl
     from hitl.render import print_json
 
-    cancelled = hitl.cancel(run_id, actor=actor, reason=reason)
+    cancelled = hitl.cancel(run_id, actor=actor, reason=reason, channel="cli")
     if as_json:
         print_json({"run_id": run_id, "status": "cancelled", "cancelled_approvals": cancelled})
     else:

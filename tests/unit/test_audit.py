@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+import hitl
+from approvals.errors import AlreadyDecided, ApprovalNotFound, InvalidDecision, InvalidTransition, NotAllowed
 from approvals.models import Approval, AuditRecord, Run, utcnow
 from approvals.status import ApprovalStatus, RunStatus
 from hitl import audit
+from hitl.completion import decide, refuse, sweep_deadlines
 from hitl.db import session_scope
 from hitl.ids import new_id
+from tests.unit.test_completion import waiting_run
 
 
 def append(n: int) -> list[int]:
@@ -205,3 +209,65 @@ def test_a_runs_entries_include_those_on_its_approvals_made_before_it_took_them(
         audit.record(s, action="cancel", actor="ops", channel="cli", accepted=True, run_id=run_id)
     assert [(e.action, e.run_id) for e in audit.entries(run_id=run_id)] == [("decide", None), ("cancel", run_id)]
     assert [e.reason for e in audit.entries(approval_id=ahead)] == ["not yet"]
+
+
+# ---------------------------------------------------------------- what the completion handler records
+
+
+def audit_rows(approval_id: str | None = None) -> list[tuple[str, str, str, str | None, bool]]:
+    return [(e.action, e.actor, e.channel, e.outcome, e.accepted) for e in audit.entries(approval_id=approval_id)]
+
+
+def test_accepted_and_refused_decisions_are_recorded(engine_env: Path) -> None:
+    approval_id = waiting_run()
+    decide(approval_id, "approved", actor="alice", comment="ok", data={"n": 1}, channel="cli")
+    with pytest.raises(AlreadyDecided):
+        decide(approval_id, "rejected", actor="bob", comment="no", channel="http")
+    with pytest.raises(InvalidDecision):
+        decide(approval_id, "maybe", actor="carol")
+    with pytest.raises(ApprovalNotFound):
+        decide("missing", "approved", actor="dave", channel="inbox")
+    assert audit_rows(approval_id) == [
+        ("decide", "alice", "cli", "approved", True),
+        ("decide", "bob", "http", "rejected", False),
+        ("decide", "carol", "api", "maybe", False),
+    ]
+    ok, again, bad = audit.entries(approval_id=approval_id)
+    assert ok.payload_hash == audit.payload_hash({"n": 1}) and ok.comment == "ok" and ok.reason is None
+    assert ok.run_id == hitl.get_approval(approval_id).run_id == again.run_id
+    assert again.reason == f"approval {approval_id} was already approved" and again.comment == "no"
+    assert bad.reason is not None and "outcome must be" in bad.reason
+    assert audit_rows("missing") == [("decide", "dave", "inbox", "approved", False)]
+    assert audit.verify().ok
+
+
+def test_a_refusal_by_refuse_is_recorded_once(engine_env: Path) -> None:
+    approval_id = waiting_run()
+    with session_scope() as s:
+        s.get_one(Approval, approval_id).assignees = ["alice"]
+    with pytest.raises(NotAllowed):
+        decide(approval_id, "approved", actor="mallory", comment="let me", data={"x": 1}, channel="http")
+    [entry] = audit.entries(approval_id=approval_id)
+    assert (entry.actor, entry.accepted, entry.comment) == ("mallory", False, "let me")
+    assert entry.payload_hash == audit.payload_hash({"x": 1})
+    assert entry.reason is not None and "not among the assignees" in entry.reason
+    with pytest.raises(ApprovalNotFound):
+        refuse("missing", actor="mallory", channel="http", reason="no decide scope")
+    assert audit_rows("missing") == [("decide", "mallory", "http", None, False)]
+
+
+def test_timeouts_and_cancels_are_recorded(engine_env: Path) -> None:
+    due, other = waiting_run(deadline_in=-1), waiting_run()
+    assert sweep_deadlines() == 1
+    assert audit_rows(due) == [("timeout", "hitl:deadline", "deadline", "timed_out", True)]
+    run_id = hitl.get_approval(other).run_id
+    hitl.cancel(run_id, actor="ops", reason="obsolete", channel="cli")
+    with pytest.raises(InvalidTransition):
+        hitl.cancel(run_id, actor="ops2")
+    cancels = [e for e in audit.entries(run_id=run_id) if e.action == "cancel"]
+    assert [(e.actor, e.channel, e.accepted, e.comment) for e in cancels] == [
+        ("ops", "cli", True, "obsolete"),
+        ("ops2", "api", False, None),
+    ]
+    assert cancels[1].reason is not None and "already finished" in cancels[1].reason
+    assert audit.verify().ok
