@@ -95,7 +95,13 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None, c
         return _cancel(run_id, actor, reason, channel)
     except DomainError as exc:
         audit.record_refused(
-            action="cancel", actor=actor, channel=channel, reason=exc.message, run_id=run_id, comment=reason
+            action="cancel",
+            actor=actor,
+            channel=channel,
+            reason=exc.message,
+            run_id=run_id,
+            outcome="cancelled",
+            comment=reason,
         )
         raise
 
