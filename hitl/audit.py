@@ -7,7 +7,8 @@ that is edited, or deleted from the middle, breaks the chain; :func:`verify` fin
 
 A chain alone cannot show that its newest entries were removed (or the newest one rewritten): what is left
 is still a valid chain. Keep the head hash that ``hitl audit verify`` prints somewhere else (a ticket, a
-log shipper, a notary) and compare it later to detect that too.
+log shipper, a notary) and pass it later as the anchor (``verify(anchor=...)``, ``--anchor``) to detect
+that too.
 
 Appending is serialised so that two writers never chain onto the same predecessor: on PostgreSQL by a
 transaction-scoped advisory lock taken before reading the last hash; on SQLite by hitl's ``BEGIN
@@ -90,7 +91,8 @@ class AuditReport(BaseModel):
     broken_id: int | None = None
     #: ``edited``: its hash does not match its fields. ``deleted_or_reordered``: its ``prev_hash`` is not
     #: the hash of the entry before it (that entry was deleted, rewritten with a new hash, or moved).
-    problem: Literal["edited", "deleted_or_reordered"] | None = None
+    #: ``truncated``: the anchor hash given to :func:`verify` is not in the chain.
+    problem: Literal["edited", "deleted_or_reordered", "truncated"] | None = None
     detail: str | None = None
 
 
@@ -265,17 +267,21 @@ def _check(row: AuditRecord, expected_prev: str, prev_id: int | None) -> AuditRe
     return None
 
 
-def verify() -> AuditReport:
+def verify(anchor: str | None = None) -> AuditReport:
     """Walk the whole log, oldest first, and check every entry's hash and link to the one before.
 
     Entries are read in batches of :data:`VERIFY_BATCH`, each in a short transaction, so writers are not
     held up; entries appended meanwhile are checked too. A truncated log (newest entries removed) still
-    verifies: compare the returned ``head_hash`` with one kept elsewhere to detect that.
+    verifies by its chain alone: pass a head hash kept elsewhere from an earlier run as ``anchor`` to
+    detect that.
+
+    Args:
+        anchor: a hash the chain must contain (an earlier ``head_hash``).
 
     Returns:
         The report: ``ok`` and the head, or the first broken entry's id, the kind of break and a sentence.
     """
-    expected, prev_id, checked = GENESIS, None, 0
+    expected, prev_id, checked, anchored = GENESIS, None, 0, anchor is None
     while True:
         with session_scope() as s:
             query = select(AuditRecord).order_by(AuditRecord.id).limit(VERIFY_BATCH)
@@ -288,6 +294,17 @@ def verify() -> AuditReport:
             if broken is not None:
                 return broken.model_copy(update={"checked": checked, "head_id": prev_id, "head_hash": expected})
             expected, prev_id = row.hash, row.id
+            anchored = anchored or row.hash == anchor
         if len(batch) < VERIFY_BATCH:
             break
-    return AuditReport(ok=True, checked=checked, head_id=prev_id, head_hash=None if prev_id is None else expected)
+    head = None if prev_id is None else expected
+    if not anchored:
+        return AuditReport(
+            ok=False,
+            checked=checked,
+            head_id=prev_id,
+            head_hash=head,
+            problem="truncated",
+            detail=f"no entry has the anchor hash {anchor}: entries from it on were removed (or rewritten)",
+        )
+    return AuditReport(ok=True, checked=checked, head_id=prev_id, head_hash=head)

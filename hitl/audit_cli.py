@@ -13,23 +13,26 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--anchor", metavar="HASH", help="A head hash printed by an earlier verify; it must still be there.")
 @json_option
 @click.pass_context
-def audit_verify(ctx: click.Context, as_json: bool) -> None:
+def audit_verify(ctx: click.Context, anchor: str | None, as_json: bool) -> None:
     """Check the whole hash chain; exit 1 naming the first entry that was edited, deleted or moved.
 
     Removing the newest entries leaves a valid chain: keep the head hash printed here somewhere else
-    (a ticket, a log shipper) and compare it next time to detect that.
+    (a ticket, a log shipper) and pass it as --anchor next time to detect that.
     """
     from hitl.audit import verify
     from hitl.render import print_json
 
-    report = verify()
+    report = verify(anchor)
     if as_json:
         print_json(report)
     elif report.ok:
         head = f"head entry {report.head_id}, hash {report.head_hash}" if report.head_id is not None else "empty log"
         click.echo(f"audit log intact: {report.checked} entries checked; {head}")
+    elif report.broken_id is None:
+        click.echo(f"audit log truncated: {report.detail}")
     else:
         click.echo(f"audit log broken at entry {report.broken_id} ({report.problem}): {report.detail}")
         click.echo(f"{report.checked} entries checked; the chain holds up to entry {report.head_id or '-'}")

@@ -169,6 +169,8 @@ def test_verify_names_an_edited_and_a_deleted_entry(stack: Stack) -> None:
     run_id = hitl.start("gate", {})
     approval = wait_for(lambda: hitl.list_approvals(run_id=run_id), what="the run's approval")[0]
     assert stack.cli("approve", approval.id, "--by", "alice", "--comment", "fine").code == 0
+    for late in ("bob", "carol"):
+        assert stack.cli("reject", approval.id, "--by", late, "--reason", "late").code == 1
     chain = audit.entries()
     assert len(chain) >= 3
     edited = next(e for e in audit.entries(run_id=run_id) if e.action == "decide")
@@ -196,3 +198,15 @@ def test_verify_names_an_edited_and_a_deleted_entry(stack: Stack) -> None:
     with session_scope() as s:
         s.add(AuditRecord(**middle.model_dump()))
     assert verify(stack)[0] == 0
+
+    # Removing the newest entry leaves a valid chain; the head hash kept from before tells.
+    code, report = verify(stack)
+    newest = audit.entries()[-1]
+    with session_scope() as s:
+        s.execute(text("DELETE FROM hitl_audit WHERE id = :id"), {"id": newest.id})
+    assert verify(stack)[0] == 0
+    cut = stack.cli("audit", "verify", "--anchor", report["head_hash"])
+    assert cut.code == 1 and "truncated" in cut.out and "Traceback" not in cut.out + cut.err
+    with session_scope() as s:
+        s.add(AuditRecord(**newest.model_dump()))
+    assert stack.cli("audit", "verify", "--anchor", report["head_hash"]).code == 0

@@ -142,6 +142,19 @@ def test_truncating_the_newest_entries_only_shows_in_the_head_hash(engine_env: P
     report = audit.verify()
     assert report.ok
     assert report.head_hash != anchored
+    cut = audit.verify(anchor=anchored)
+    assert (cut.ok, cut.problem, cut.broken_id) == (False, "truncated", None)
+    assert anchored in (cut.detail or "")
+    append(1)
+    assert not audit.verify(anchor=anchored).ok  # entries appended after the cut do not bring it back
+
+
+def test_an_anchor_in_the_chain_verifies(engine_env: Path) -> None:
+    append(3)
+    anchored = audit.verify().head_hash
+    append(2)
+    assert audit.verify(anchor=anchored).ok
+    assert audit.verify(anchor=audit.entries()[0].hash).ok
 
 
 def test_verify_reads_in_batches(engine_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
