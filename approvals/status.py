@@ -105,9 +105,17 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
             RunStatus.CANCELLED,
         }
     ),
-    # A resolved waitpoint with nothing after it ends the run directly with the outcome.
+    # A resolved waitpoint with nothing after it ends the run directly with the outcome; a wait whose
+    # deadline default is "failed" fails it.
     RunStatus.WAITING: frozenset(
-        {RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.REJECTED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+        {
+            RunStatus.RUNNING,
+            RunStatus.SUCCEEDED,
+            RunStatus.REJECTED,
+            RunStatus.TIMED_OUT,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+        }
     ),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.REJECTED: frozenset(),

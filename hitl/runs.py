@@ -12,7 +12,7 @@ from approvals.errors import DomainError, InfrastructureError, InvalidTransition
 from approvals.models import Run, RunEvent
 from approvals.status import EventKind, RunStatus
 from approvals.transitions import cancel_pending_approvals, end_run
-from hitl import audit, outbox
+from hitl import audit, blobs, outbox
 from hitl.canvas import bind_run
 from hitl.db import session_scope
 from hitl.ids import new_id
@@ -59,12 +59,12 @@ def start(
                     status=RunStatus.PENDING,
                     idempotency_key=idempotency_key,
                     requester=requester,
-                    payload=jsonable(payload),
+                    payload=blobs.store(s, jsonable(payload)),
                 )
             )
             s.flush()
             s.add(RunEvent(run_id=run_id, kind=EventKind.CREATED, name=wf.name))
-            row = outbox.enqueue(s, run_id, f"{run_id}.start", sigs, [])
+            row = outbox.enqueue(s, run_id, f"{run_id}.start", blobs.store_in_args(s, sigs), [])
     except InfrastructureError as exc:
         if idempotency_key is not None and isinstance(exc.__cause__, IntegrityError):
             existing = _run_for_key(idempotency_key)

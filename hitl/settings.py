@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         1800, gt=0, description="Seconds before Redis re-delivers a message not acknowledged (a lost worker's)."
     )
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload or decision data, in bytes of JSON.")
+    inline_payload_bytes: int = Field(
+        64 * 1024, gt=0, description="Inputs larger than this (bytes of JSON) are stored once and passed by reference."
+    )
     sweep_batch: int = Field(500, gt=0, description="Approvals timed out per sweep transaction.")
     secret_key: SecretStr | None = Field(
         None,

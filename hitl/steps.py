@@ -23,7 +23,7 @@ from approvals.errors import InvalidPayload
 from approvals.models import OutboxMessage
 from approvals.schemas import DECISION_TAG, Decision
 from approvals.status import RunStatus, StepStatus
-from hitl import outbox, steplog
+from hitl import blobs, outbox, steplog
 from hitl.app import app
 from hitl.canvas import RUN_ID_KWARG, bind_run, with_task_ids
 from hitl.db import session_scope
@@ -121,7 +121,7 @@ class Step(Task):  # type: ignore[misc]
             kwargs[RUN_ID_KWARG] = run_id
         try:
             model = self._decision_model()
-            result, row = self._execute(c, [_revive(a, model) for a in args], kwargs, rest)
+            result, row = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs, rest)
         except steplog.LostClaim:  # a later attempt owns this step now and sends what follows
             _end_chain(request)
             return None

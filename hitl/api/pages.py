@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from approvals.errors import HitlError, InvalidPayload, LinkInvalid, Unauthenticated
-from approvals.schemas import ApprovalView, Outcome
+from approvals.schemas import ApprovalView, Decision, Outcome
 from approvals.status import Scope
 from hitl import auth, views
 from hitl.api.app import SESSION_COOKIE
@@ -178,7 +178,7 @@ def _decide_from_card(request: Request, approval_id: str, form: dict[str, str]) 
         raise
     except HitlError as exc:
         return _card(request, approval_id, status=exc.http_status, error=exc.message)
-    return _card(request, approval_id, notice=f"{decision.outcome.value} by {decision.actor}; the run resumes")
+    return _card(request, approval_id, notice=_said(decision))
 
 
 # ---------------------------------------------------------------- signed links
@@ -234,7 +234,15 @@ def _decide_from_link(request: Request, token: str, form: dict[str, str]) -> HTM
         decision = auth.decide_as(principal, principal.approval_id, outcome, comment=comment, data=data, channel="link")
     except HitlError as exc:
         return _link_page(request, token, status=exc.http_status, error=exc.message)
-    return _link_page(request, token, done=f"{decision.outcome.value} by {decision.actor}; the run resumes.")
+    return _link_page(request, token, done=_said(decision))
+
+
+def _said(decision: Decision) -> str:
+    if not decision.settled:
+        return (
+            f"{decision.actor} voted {decision.outcome.value} ({len(decision.votes)} vote(s) so far); waiting for more"
+        )
+    return f"{decision.outcome.value} by {decision.actor}; the run resumes."
 
 
 async def _run_sync(fn: Callable[..., R], *args: Any) -> R:

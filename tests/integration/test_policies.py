@@ -20,12 +20,14 @@ ALL = ("read", "start", "decide", "cancel", "delegate")
 
 def start(stack: Stack, *by: str, **payload: Any) -> tuple[str, str]:
     """Start a gate run through the CLI (``by``: the requester) and return (run id, approval id)."""
-    res = stack.cli("start", "gate", "--payload", json.dumps(payload), *(("--by", by[0]) if by else ()))
+    file = stack.home / "payload.json"  # @file: a big payload does not fit in one argument
+    file.write_text(json.dumps(payload))
+    res = stack.cli("start", "gate", "--payload", f"@{file}", *(("--by", by[0]) if by else ()))
     assert res.code == 0, res.err
     run_id = res.out.strip()
 
     def pending() -> Any:
-        rows = stack.cli("approvals", "list", "--run", run_id, "--json").json()
+        rows = stack.cli("approvals", "list", "--run", run_id, "--status", "all", "--json").json()
         return rows[0]["id"] if rows else None
 
     return run_id, wait_for(pending, what=f"run {run_id} to wait")
@@ -173,3 +175,25 @@ def test_lookback_still_pending_waits_on_the_same_approval(stack: Stack, http: A
     assert finished(stack, run_id) == "succeeded"
     second = http.post("/api/v1/runs", json={"workflow": "gate", "payload": {"idempotency_key": "order-2"}})
     assert finished(stack, second.json()["run_id"]) == "failed"  # the key belongs to the first run
+
+
+def test_a_large_input_is_stored_once_and_passed_by_reference(stack: Stack) -> None:
+    from sqlalchemy import func, select
+
+    from approvals.models import Blob, OutboxMessage
+    from hitl.db import session_scope
+
+    big = {"notes": "x" * 100_000}  # over HITL_INLINE_PAYLOAD_BYTES (64 KiB), under HITL_MAX_PAYLOAD_BYTES
+    first, _ = start(stack, **big)
+    second, _ = start(stack, **big)
+    for run_id in (first, second):
+        assert effects(run_id, "prepare")[0].detail == big  # the step got the value itself
+        assert run(stack, run_id)["payload"]["type"] == "hitl.ref"
+    with session_scope() as s:
+        message = s.scalar(select(OutboxMessage).where(OutboxMessage.task_id == f"{first}.start"))
+        assert message is not None
+        assert len(str(message.signature)) < 5_000  # the message carries the reference, not 100 kB
+        assert s.scalar(select(func.count()).select_from(Blob)) == 1  # stored once for both runs
+    (stack.home / "huge.json").write_text(json.dumps({"notes": "x" * 300_000}))
+    too_big = stack.cli("start", "gate", "--payload", f"@{stack.home / 'huge.json'}")
+    assert too_big.code == 2 and "HITL_MAX_PAYLOAD_BYTES" in too_big.err
