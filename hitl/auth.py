@@ -107,7 +107,7 @@ def decide_as(
             reason=reason,
             outcome=str(outcome),
             comment=comment,
-            payload=data,
+            payload={} if data is None else data,
         )
     nonce = principal.claims.get("n") if principal.via == "link" else None
     return completion.decide(

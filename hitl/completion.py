@@ -97,7 +97,7 @@ def decide(
             approval_id=approval_id,
             outcome=str(outcome),
             comment=comment,
-            payload=data,
+            payload={} if data is None else data,  # as an accepted decision without data
         )
         raise
 

@@ -250,6 +250,7 @@ def test_accepted_and_refused_decisions_are_recorded(engine_env: Path) -> None:
     assert ok.run_id == hitl.get_approval(approval_id).run_id == again.run_id
     assert again.reason == f"approval {approval_id} was already approved" and again.comment == "no"
     assert bad.reason is not None and "outcome must be" in bad.reason
+    assert bad.payload_hash == again.payload_hash == audit.payload_hash({})  # no data: as an accepted one
     assert audit_rows("missing") == [("decide", "dave", "inbox", "approved", False)]
     assert audit.verify().ok
 
