@@ -100,7 +100,15 @@ def decide_as(
             + (f": the {principal.via} is for approval {principal.approval_id}" if principal.approval_id else "")
             + ("" if Scope.DECIDE in principal.scopes else ": the key lacks the 'decide' scope")
         )
-        raise completion.refuse(approval_id, actor=principal.actor, channel=channel, reason=reason)
+        raise completion.refuse(
+            approval_id,
+            actor=principal.actor,
+            channel=channel,
+            reason=reason,
+            outcome=str(outcome),
+            comment=comment,
+            payload={} if data is None else data,
+        )
     nonce = principal.claims.get("n") if principal.via == "link" else None
     return completion.decide(
         approval_id, outcome, actor=principal.actor, comment=comment, data=data, channel=channel, link_nonce=nonce

@@ -403,7 +403,7 @@ def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> N
     import hitl
     from hitl.render import print_json
 
-    cancelled = hitl.cancel(run_id, actor=actor, reason=reason)
+    cancelled = hitl.cancel(run_id, actor=actor, reason=reason, channel="cli")
     if as_json:
         print_json({"run_id": run_id, "status": "cancelled", "cancelled_approvals": cancelled})
     else:
@@ -412,7 +412,7 @@ def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> N
 
 def main() -> None:
     """Console-script entry point."""
-    from hitl import services  # noqa: F401 - registers worker, beat, dev, demo, broker, db
+    from hitl import audit_cli, services  # noqa: F401 - registers worker, beat, dev, demo, broker, db; audit
 
     cli(prog_name="hitl")
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approvals.errors import AlreadyDecided, ApprovalNotFound, InvalidDecision, LinkUsed, NotAllowed
+from approvals.errors import AlreadyDecided, ApprovalNotFound, DomainError, InvalidDecision, LinkUsed, NotAllowed
 from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, Vote, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome, validate_decision_data
 from approvals.schemas import ApprovalPolicy, Decision, Outcome, VoteView
@@ -30,7 +30,7 @@ from approvals.transitions import (
     touch_pending,
     why_not_pending,
 )
-from hitl import groups, outbox
+from hitl import audit, groups, outbox
 from hitl.db import session_scope
 from hitl.jsonsafe import check_size
 
@@ -77,7 +77,41 @@ def decide(
         ApprovalNotFound, AlreadyDecided, ApprovalExpired, ApprovalCancelled: the compare-and-set lost;
             nothing was changed.
         LinkUsed: ``link_nonce`` was used before; nothing was changed.
+        NotAllowed: ``actor`` may not decide it (see :func:`refuse`).
+
+    Every call is recorded in the audit log (:mod:`hitl.audit`): an accepted decision in its own
+    transaction, a refused one (any of the errors above) after that transaction was rolled back.
     """
+    try:
+        return _decide(
+            approval_id, outcome, actor=actor, comment=comment, data=data, channel=channel, link_nonce=link_nonce
+        )
+    except NotAllowed:
+        raise  # refuse() recorded it
+    except DomainError as exc:
+        audit.record_refused(
+            action="decide",
+            actor=actor,
+            channel=channel,
+            reason=exc.message,
+            approval_id=approval_id,
+            outcome=str(outcome),
+            comment=comment,
+            payload={} if data is None else data,  # as an accepted decision without data
+        )
+        raise
+
+
+def _decide(
+    approval_id: str,
+    outcome: Outcome | str,
+    *,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any] | None,
+    channel: str,
+    link_nonce: str | None,
+) -> Decision:
     try:
         outcome = Outcome(outcome)
     except ValueError:
@@ -91,7 +125,7 @@ def decide(
     actor = actor.strip()
     data = data or {}
     check_size(data, "decision data")
-    gate = _admit(approval_id, actor, channel)
+    gate = _admit(approval_id, actor, channel, outcome=outcome, comment=comment, data=data)
     now = utcnow()
     with session_scope() as s:
         if gate.single:
@@ -100,6 +134,18 @@ def decide(
         else:
             decision = _vote(s, gate, outcome, actor, comment, data, channel, now, link_nonce)
             sent = _resume(s, decision.approval, decision.value) if decision.value.settled else []
+        audit.record(
+            s,
+            action="decide",
+            actor=actor,
+            channel=channel,
+            accepted=True,
+            approval_id=approval_id,
+            run_id=decision.approval.run_id,
+            outcome=outcome.value,
+            comment=comment,
+            payload=data,
+        )
     outbox.publish(sent)
     return decision.value
 
@@ -123,7 +169,9 @@ class _Decided:
     value: Decision
 
 
-def _admit(approval_id: str, actor: str, channel: str) -> _Gate:
+def _admit(
+    approval_id: str, actor: str, channel: str, *, outcome: Outcome, comment: str | None, data: dict[str, Any]
+) -> _Gate:
     """Check, before the write transaction, that ``actor`` may decide ``approval_id`` now.
 
     Assignees only grow (escalation adds people), so an admission stays valid until the compare-and-set.
@@ -141,7 +189,13 @@ def _admit(approval_id: str, actor: str, channel: str) -> _Gate:
     policy = ApprovalPolicy.model_validate(approval.policy or {})
     if policy.forbid_requester and approval.requester == actor:
         raise refuse(
-            approval_id, actor=actor, channel=channel, reason=f"{actor} requested this; they may not decide it"
+            approval_id,
+            actor=actor,
+            channel=channel,
+            reason=f"{actor} requested this; they may not decide it",
+            outcome=outcome.value,
+            comment=comment,
+            payload=data,
         )
     assignees = [str(a) for a in approval.assignees]
     if approval.status is ApprovalStatus.PENDING and not groups.is_assignee(actor, assignees):
@@ -151,6 +205,9 @@ def _admit(approval_id: str, actor: str, channel: str) -> _Gate:
             channel=channel,
             reason=f"{actor} is not among the assignees ({', '.join(assignees)})"
             + (f" of stage {approval.stage + 1}" if policy.stages else ""),
+            outcome=outcome.value,
+            comment=comment,
+            payload=data,
         )
     single = policy.quorum == 1 and len(policy.stages) <= 1
     eligible = len(groups.expand(assignees)) if assignees and not single else None
@@ -303,30 +360,54 @@ def _event(
     s.add(RunEvent(run_id=approval.run_id, kind=kind, name=approval.key, detail=detail))
 
 
-def refuse(approval_id: str, *, actor: str, channel: str, reason: str) -> NotAllowed:
-    """Record a refused decision attempt on ``approval_id`` in its run's timeline; return the error to raise.
+def refuse(
+    approval_id: str,
+    *,
+    actor: str,
+    channel: str,
+    reason: str,
+    outcome: str | None = None,
+    comment: str | None = None,
+    payload: Any = None,
+) -> NotAllowed:
+    """Record a refused decision attempt on ``approval_id``; return the error to raise.
 
-    Nothing else changes: the approval stays as it was. Used when a caller without the right to decide
-    tries to (an API key without the ``decide`` scope, a token made for another approval).
+    The attempt goes to the run's timeline and, with ``outcome``, ``comment`` and the hash of ``payload``
+    (the decision data) if given, to the audit log. Nothing else changes: the approval stays as it was.
+    Used when a caller without the right to decide tries to (an API key without the ``decide`` scope, a
+    token made for another approval, someone not among the assignees).
 
     Raises:
-        ApprovalNotFound: no approval has that id (nothing is recorded).
+        ApprovalNotFound: no approval has that id (recorded in the audit log only).
     """
     with session_scope() as s:
         found = s.execute(select(Approval.run_id).where(Approval.id == approval_id)).one_or_none()
-        if found is None:
-            raise ApprovalNotFound(f"no approval has id {approval_id!r}")
-        run_id = found[0]
-        if run_id is None:  # created ahead: no run timeline yet
-            return NotAllowed(reason)
-        s.add(
-            RunEvent(
-                run_id=run_id,
-                kind=EventKind.REFUSED,
-                name=approval_id,
-                detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
+        missing = f"no approval has id {approval_id!r}" if found is None else None
+        run_id = found[0] if found is not None else None
+        if run_id is not None:  # None: missing, or created ahead with no run timeline yet
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    kind=EventKind.REFUSED,
+                    name=approval_id,
+                    detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
+                )
             )
+        audit.record(
+            s,
+            action="decide",
+            actor=actor,
+            channel=channel,
+            accepted=False,
+            approval_id=approval_id,
+            run_id=run_id,
+            outcome=outcome,
+            reason=missing or reason,
+            comment=comment,
+            payload=payload,
         )
+    if missing:
+        raise ApprovalNotFound(missing)
     return NotAllowed(reason)
 
 
@@ -390,7 +471,7 @@ def sweep_deadlines(limit: int = 500) -> int:
     if not ids:
         return 0
     sent: list[OutboxMessage] = []
-    done = 0
+    done: list[Decision] = []
     with session_scope() as s:
         for approval_id in ids:
             if not resolve_approval(s, approval_id, ApprovalStatus.TIMED_OUT, due_by=now):
@@ -400,9 +481,21 @@ def sweep_deadlines(limit: int = 500) -> int:
             data = default_data(approval) if defaulted and outcome is not Outcome.TIMED_OUT else {}
             decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, data, "deadline", now, defaulted=defaulted)
             sent += _resume(s, approval, decision)
-            done += 1
+            done.append(decision)
+        for d in done:  # after every row lock of the transaction (see hitl.audit)
+            audit.record(
+                s,
+                action="timeout",
+                actor=DEADLINE_ACTOR,
+                channel="deadline",
+                accepted=True,
+                approval_id=d.approval_id,
+                run_id=d.run_id,
+                outcome=d.outcome.value,
+                payload=d.data,
+            )
     outbox.publish(sent)
-    return done
+    return len(done)
 
 
 def _record(

@@ -6,14 +6,18 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from approvals.models import utcnow
 from approvals.schemas import ApprovalView, EventView, NotificationView, RunView
+
+if TYPE_CHECKING:
+    from hitl.audit import AuditEntry
 
 #: Wide output when piped (logs, CI), the terminal's width otherwise.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -170,3 +174,23 @@ def show_run(run: RunView) -> None:
     if run.error:
         console.print(f"reason: {run.error}", markup=False)
     console.print(timeline_table(run))
+
+
+def audit_table(rows: Sequence[AuditEntry]) -> Table:
+    """A table of audit entries: id, time, who, through which channel, what, accepted or not, why, short hash."""
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "AT (UTC)", "ACTOR", "CHANNEL", "ACTION", "OUTCOME", "RESULT", "REASON / COMMENT", "HASH"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(
+            str(e.id),
+            e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            Text(e.actor),
+            e.channel,
+            e.action,
+            e.outcome or "-",
+            "accepted" if e.accepted else "refused",
+            Text(short((e.comment if e.accepted else e.reason) or "-", 80)),
+            e.hash[:12],
+        )
+    return table

@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from approvals.errors import InfrastructureError, InvalidTransition, RunNotFound
+from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound
 from approvals.models import Run, RunEvent
 from approvals.status import EventKind, RunStatus
 from approvals.transitions import cancel_pending_approvals, end_run
-from hitl import blobs, outbox
+from hitl import audit, blobs, outbox
 from hitl.canvas import bind_run
 from hitl.db import session_scope
 from hitl.ids import new_id
@@ -80,16 +80,33 @@ def _run_for_key(key: str) -> str | None:
         return s.scalar(select(Run.id).where(Run.idempotency_key == key))
 
 
-def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -> list[str]:
+def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None, channel: str = "api") -> list[str]:
     """Cancel run ``run_id`` and, in the same transaction, its pending approvals; return their ids.
 
     Steps of a cancelled run that are still queued do nothing when they start; deciding a cancelled
-    approval afterwards raises :class:`~approvals.errors.ApprovalCancelled`.
+    approval afterwards raises :class:`~approvals.errors.ApprovalCancelled`. The attempt is recorded in
+    the audit log (action ``cancel``, with ``channel``: ``cli``, ``api``, ``http``), refused or not.
 
     Raises:
         RunNotFound: no run has that id.
         InvalidTransition: the run already finished.
     """
+    try:
+        return _cancel(run_id, actor, reason, channel)
+    except DomainError as exc:
+        audit.record_refused(
+            action="cancel",
+            actor=actor,
+            channel=channel,
+            reason=exc.message,
+            run_id=run_id,
+            outcome="cancelled",
+            comment=reason,
+        )
+        raise
+
+
+def _cancel(run_id: str, actor: str, reason: str | None, channel: str) -> list[str]:
     with session_scope() as s:
         if not end_run(s, run_id, RunStatus.CANCELLED, {"actor": actor, "reason": reason}, error=reason):
             status = s.scalar(select(Run.status).where(Run.id == run_id))
@@ -106,4 +123,15 @@ def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None) -
                     detail={"outcome": "cancelled", "actor": actor},
                 )
             )
+        audit.record(
+            s,
+            action="cancel",
+            actor=actor,
+            channel=channel,
+            accepted=True,
+            run_id=run_id,
+            outcome="cancelled",
+            comment=reason,
+            payload={"cancelled_approvals": cancelled},
+        )
     return cancelled

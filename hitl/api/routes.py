@@ -211,7 +211,7 @@ def get_run(run_id: str, caller: Caller) -> RunView:
 def cancel_run(run_id: str, caller: Caller, body: CancelRequest | None = None) -> CancelResponse:
     """Cancel a run and its pending approvals (409 if it already finished)."""
     auth.require(caller, Scope.CANCEL)
-    cancelled = runs.cancel(run_id, actor=caller.actor, reason=body.reason if body else None)
+    cancelled = runs.cancel(run_id, actor=caller.actor, reason=body.reason if body else None, channel="http")
     return CancelResponse(run_id=run_id, status=RunStatus.CANCELLED, cancelled_approvals=cancelled)
 
 

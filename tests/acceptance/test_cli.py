@@ -53,6 +53,9 @@ COMMANDS = [
     ["groups", "list"],
     ["groups", "add"],
     ["groups", "remove"],
+    ["audit"],
+    ["audit", "verify"],
+    ["audit", "show"],
 ]
 
 
