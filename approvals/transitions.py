@@ -8,9 +8,9 @@ from the transition tables in :mod:`approvals.status`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import (
@@ -23,6 +23,11 @@ from approvals.errors import (
 )
 from approvals.models import Approval, Run, RunEvent, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus, approval_sources, run_sources
+
+# The statements below are Core statements on the tables: one UPDATE each, without the ORM's bookkeeping
+# (no session object is kept in step with them; callers read rows after, not before, a transition).
+_RUNS = cast(Table, Run.__table__)
+_APPROVALS = cast(Table, Approval.__table__)
 
 
 def _rowcount(result: Any) -> int:
@@ -46,8 +51,8 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
     if target.terminal:
         values["finished_at"] = now
     stmt = (
-        update(Run)
-        .where(Run.id == run_id, Run.status.in_(run_sources(target)))
+        update(_RUNS)
+        .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(run_sources(target)))
         .values(status=target, updated_at=now, **values)
     )
     return _rowcount(session.execute(stmt)) == 1
@@ -85,11 +90,12 @@ def resolve_approval(
     Returns:
         True if this call made the change.
     """
-    stmt = update(Approval).where(Approval.id == approval_id, Approval.status.in_(approval_sources(target)))
+    a = _APPROVALS.c
+    stmt = update(_APPROVALS).where(a.id == approval_id, a.status.in_(approval_sources(target)))
     if before_deadline is not None:
-        stmt = stmt.where(Approval.deadline > before_deadline)
+        stmt = stmt.where(a.deadline > before_deadline)
     if due_by is not None:
-        stmt = stmt.where(Approval.deadline <= due_by)
+        stmt = stmt.where(a.deadline <= due_by)
     stmt = stmt.values(status=target, resolved_at=utcnow())
     return _rowcount(session.execute(stmt)) == 1
 
