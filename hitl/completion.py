@@ -12,14 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidDecision
 from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, utcnow
-from approvals.policy import continuation_for, timeout_outcome
+from approvals.policy import continuation_for
 from approvals.schemas import Decision, Outcome
-from approvals.status import ApprovalStatus, EventKind, RunStatus
+from approvals.status import EventKind, RunStatus
 from approvals.transitions import end_run, move_run, resolve_approval, why_not_pending
 from hitl import outbox
 from hitl.db import session_scope
@@ -120,35 +119,14 @@ def reject(
 def sweep_deadlines(limit: int = 500) -> int:
     """Time out up to ``limit`` pending approvals whose deadline has passed; return how many this call did.
 
-    The query walks the ``(status, deadline)`` index. Each approval moves pending → timed_out by
-    compare-and-set (also requiring ``deadline <= now``), so two beats or a racing decision never resolve one
-    twice. The continuation resumes with outcome ``timed_out``, or with the wait's declared default.
+    Set-based (see :mod:`hitl.deadlines`): one ``UPDATE ... RETURNING`` walks the ``(status, deadline)``
+    index and moves the batch pending → timed_out, its WHERE clause being the compare-and-set (also requiring
+    ``deadline <= now``), so two beats or a racing decision never resolve one twice. The continuation resumes
+    with outcome ``timed_out``, or with the wait's declared default.
     """
-    now = utcnow()
-    with session_scope() as s:
-        ids = list(
-            s.scalars(
-                select(Approval.id)
-                .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
-                .order_by(Approval.deadline)
-                .limit(limit)
-            )
-        )
-    if not ids:
-        return 0
-    sent: list[OutboxMessage] = []
-    done = 0
-    with session_scope() as s:
-        for approval_id in ids:
-            if not resolve_approval(s, approval_id, ApprovalStatus.TIMED_OUT, due_by=now):
-                continue
-            approval = s.get_one(Approval, approval_id)
-            outcome, defaulted = timeout_outcome(approval)
-            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, {}, "deadline", now, defaulted=defaulted)
-            sent += _resume(s, approval, decision)
-            done += 1
-    outbox.publish(sent)
-    return done
+    from hitl.deadlines import sweep  # (it builds on this module)
+
+    return sweep(limit)
 
 
 def _record(

@@ -1,0 +1,120 @@
+"""The deadline sweep, set-based: each batch of due approvals is timed out with a handful of statements.
+
+One transaction per batch: an ``UPDATE ... RETURNING`` moves up to ``limit`` due approvals pending →
+timed_out (the compare-and-set: ``status = 'pending' AND deadline <= now`` is in its WHERE clause, so an
+approval decided or swept by someone else in the meantime is not returned); then, in bulk, the decision rows,
+the timeline entries, the runs' transitions and the continuations' outbox rows. After commit the
+continuations are published on one broker connection. :func:`hitl.completion.sweep_deadlines` is its entry
+point; the outcome rules (a wait's ``default``, ``on_timeout``) are those of :mod:`approvals.policy`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.orm import Session
+
+from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, utcnow
+from approvals.policy import continuation_for, timeout_outcome
+from approvals.schemas import Decision
+from approvals.status import ApprovalStatus, EventKind, RunStatus
+from approvals.transitions import end_runs, move_runs
+from hitl import outbox
+from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, resume_task_id
+from hitl.db import session_scope
+
+_DECISIONS = cast(Table, DecisionRecord.__table__)
+_EVENTS = cast(Table, RunEvent.__table__)
+
+
+def sweep(limit: int) -> int:
+    """Time out up to ``limit`` due approvals in one transaction; return how many this call did."""
+    now = utcnow()
+    with session_scope() as s:
+        due = _time_out_due(s, now, limit)
+        sent = _resolve(s, due, now) if due else []
+    outbox.publish(sent)
+    return len(due)
+
+
+def _time_out_due(s: Session, now: datetime, limit: int) -> list[Approval]:
+    """Move up to ``limit`` due approvals pending → timed_out (oldest deadline first); return them."""
+    due = (
+        select(Approval.id)
+        .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+        .order_by(Approval.deadline)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL: a concurrent sweep takes other rows (SQLite: no-op)
+    )
+    stmt = (
+        update(Approval)
+        .where(Approval.id.in_(due.scalar_subquery()))
+        .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+        .values(status=ApprovalStatus.TIMED_OUT, resolved_at=now)
+        .returning(Approval)
+    )
+    return list(s.scalars(stmt, execution_options={"synchronize_session": False}))
+
+
+def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessage]:
+    decisions: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    resumed: list[tuple[str, str, list[dict[str, Any]], list[Any]]] = []
+    ended: dict[RunStatus, dict[str, Any]] = defaultdict(dict)
+    for approval in due:
+        outcome, defaulted = timeout_outcome(approval)
+        decisions.append(
+            {
+                "approval_id": approval.id,
+                "outcome": outcome.value,
+                "data": {},
+                "actor": DEADLINE_ACTOR,
+                "comment": None,
+                "channel": "deadline",
+                "decided_at": now,
+            }
+        )
+        events.append(
+            {
+                "run_id": approval.run_id,
+                "kind": EventKind.RESOLVED,
+                "name": approval.key,
+                "task_id": None,
+                "started_at": None,
+                "detail": {
+                    "approval_id": approval.id,
+                    "outcome": outcome.value,
+                    "actor": DEADLINE_ACTOR,
+                    "comment": None,
+                    "channel": "deadline",
+                    "defaulted": defaulted,
+                },
+                "at": now,
+            }
+        )
+        payload = Decision(
+            approval_id=approval.id,
+            run_id=approval.run_id,
+            key=approval.key,
+            outcome=outcome,
+            subject=approval.subject,
+            data={},
+            actor=DEADLINE_ACTOR,
+            comment=None,
+            decided_at=now,
+            defaulted=defaulted,
+        ).model_dump(mode="json")
+        sigs = continuation_for(approval, outcome)
+        if sigs:
+            resumed.append((approval.run_id, resume_task_id(approval.id), sigs, [payload]))
+        else:
+            ended[_TERMINAL_FOR[outcome]][approval.run_id] = payload
+    s.execute(insert(_DECISIONS), decisions)
+    s.execute(insert(_EVENTS), events)
+    move_runs(s, [run_id for run_id, *_ in resumed], RunStatus.RUNNING)
+    for status, results in ended.items():
+        end_runs(s, status, results)
+    return outbox.enqueue_many(s, resumed)
