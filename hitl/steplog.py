@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -153,7 +153,8 @@ def _insert_first_attempt(s: Session, run_id: str, name: str, task_id: str, now:
         except IntegrityError:
             return False
         return True
-    return cast(CursorResult[Any], s.execute(stmt)).rowcount == 1
+    # RETURNING tells whether the row went in: psycopg's row count for INSERT ... ON CONFLICT is not reliable.
+    return s.execute(stmt.returning(_STEPS.c.task_id)).first() is not None
 
 
 def finish(
