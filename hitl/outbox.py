@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import BrokerUnavailable
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 RELAY_BATCH = 500
 #: The outbox table, for Core statements (no ORM bookkeeping on the hot path).
 _TABLE = cast(Table, OutboxMessage.__table__)
+_INSERT = insert(_TABLE)
+_MARK_DELIVERED = (
+    update(_TABLE)
+    .where(_TABLE.c.task_id == bindparam("b_task_id"), _TABLE.c.delivered_at.is_(None))
+    .values(delivered_at=bindparam("b_now", type_=_TABLE.c.delivered_at.type))
+)
 _PUBLISH_ERRORS = (KombuOperationalError, BrokerUnavailable, RedisError, OSError)
 
 
@@ -82,7 +88,7 @@ def enqueue_many(
         for r, t, s, a in messages
     ]
     session.flush()  # what the caller added (its run, say) goes first: the outbox row refers to it
-    session.execute(insert(_TABLE), rows)
+    session.execute(_INSERT, rows)
     return [OutboxMessage(**row) for row in rows]
 
 
@@ -140,9 +146,7 @@ def _send(rows: list[OutboxMessage]) -> tuple[int, Exception | None]:
 
 def mark_delivered(session: Session, task_id: str) -> None:
     """In the receiving step's claim transaction: the message of ``task_id`` arrived."""
-    session.execute(
-        update(_TABLE).where(_TABLE.c.task_id == task_id, _TABLE.c.delivered_at.is_(None)).values(delivered_at=utcnow())
-    )
+    session.execute(_MARK_DELIVERED, {"b_task_id": task_id, "b_now": utcnow()})
 
 
 def republish_undelivered(task_id: str) -> int:

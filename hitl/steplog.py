@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,9 +33,30 @@ from hitl.db import session_scope
 
 log = logging.getLogger(__name__)
 
-# Tables for the Core statements of the per-step hot path (no ORM unit-of-work bookkeeping).
+# Tables for the Core statements of the per-step hot path (no ORM unit-of-work bookkeeping), and the
+# statements themselves, built once with bound parameters: SQLAlchemy then reuses their cache keys too.
 _STEPS = cast(Table, StepRecord.__table__)
 _RUNS = cast(Table, Run.__table__)
+_RUN_STATUS = select(_RUNS.c.status).where(_RUNS.c.id == bindparam("run_id"))
+_FINISH = (
+    update(_STEPS)
+    .where(
+        _STEPS.c.task_id == bindparam("b_task_id"),
+        _STEPS.c.attempt == bindparam("b_attempt"),
+        _STEPS.c.status == StepStatus.STARTED,
+    )
+    .values(
+        status=bindparam("b_status", type_=_STEPS.c.status.type),
+        result=bindparam("b_result", type_=_STEPS.c.result.type),
+        next_task_id=bindparam("b_next_task_id", type_=_STEPS.c.next_task_id.type),
+        finished_at=bindparam("b_finished_at", type_=_STEPS.c.finished_at.type),
+    )
+)
+_INSERT_IGNORE = {
+    "sqlite": sqlite.insert(_STEPS).on_conflict_do_nothing().returning(_STEPS.c.task_id),
+    # (PostgreSQL waits for a concurrent insert of the same id to commit or roll back.)
+    "postgresql": postgresql.insert(_STEPS).on_conflict_do_nothing().returning(_STEPS.c.task_id),
+}
 
 
 class LostClaim(HitlError):
@@ -81,7 +102,7 @@ def claim(run_id: str, name: str, task_id: str) -> Claim:
 
 
 def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> Claim:
-    status = s.execute(select(_RUNS.c.status).where(_RUNS.c.id == run_id)).scalar()
+    status = s.execute(_RUN_STATUS, {"run_id": run_id}).scalar()
     if status is None or status.terminal:
         if status is not None:
             s.add(
@@ -141,20 +162,16 @@ def _insert_first_attempt(s: Session, run_id: str, name: str, task_id: str, now:
         "attempt": 1,
         "started_at": now,
     }
-    dialect = s.get_bind().dialect.name
-    if dialect == "sqlite":
-        stmt: Any = sqlite.insert(_STEPS).values(values).on_conflict_do_nothing()
-    elif dialect == "postgresql":  # waits for a concurrent insert of the same id to commit or roll back
-        stmt = postgresql.insert(_STEPS).values(values).on_conflict_do_nothing()
-    else:
+    stmt = _INSERT_IGNORE.get(s.get_bind().dialect.name)
+    if stmt is None:
         try:
             with s.begin_nested():
-                s.execute(insert(_STEPS).values(values))
+                s.execute(insert(_STEPS), values)
         except IntegrityError:
             return False
         return True
     # RETURNING tells whether the row went in: psycopg's row count for INSERT ... ON CONFLICT is not reliable.
-    return s.execute(stmt.returning(_STEPS.c.task_id)).first() is not None
+    return s.execute(stmt, values).first() is not None
 
 
 def finish(
@@ -185,11 +202,15 @@ def finish(
         LostClaim: a later attempt claimed the step; the caller's transaction must roll back.
     """
     next_id = send[0][0]["options"]["task_id"] if send else None
-    won = s.execute(
-        update(_STEPS)
-        .where(_STEPS.c.task_id == c.task_id, _STEPS.c.attempt == c.attempt, _STEPS.c.status == StepStatus.STARTED)
-        .values(status=status, result=result, next_task_id=next_id, finished_at=utcnow())
-    ).rowcount  # type: ignore[attr-defined]
+    params = {
+        "b_task_id": c.task_id,
+        "b_attempt": c.attempt,
+        "b_status": status,
+        "b_result": result,
+        "b_next_task_id": next_id,
+        "b_finished_at": utcnow(),
+    }
+    won = s.execute(_FINISH, params).rowcount  # type: ignore[attr-defined]
     if not won:
         raise LostClaim(f"step {c.name} ({c.task_id}) attempt {c.attempt} lost its claim")
     if status is not StepStatus.WAITING:
