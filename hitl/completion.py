@@ -119,10 +119,10 @@ def reject(
 def sweep_deadlines(limit: int = 500) -> int:
     """Time out up to ``limit`` pending approvals whose deadline has passed; return how many this call did.
 
-    Set-based (see :mod:`hitl.deadlines`): one ``UPDATE ... RETURNING`` walks the ``(status, deadline)``
-    index and moves the batch pending → timed_out, its WHERE clause being the compare-and-set (also requiring
-    ``deadline <= now``), so two beats or a racing decision never resolve one twice. The continuation resumes
-    with outcome ``timed_out``, or with the wait's declared default.
+    Set-based (see :mod:`hitl.deadlines`): the due ids come from the ``(status, deadline)`` index, and an
+    ``UPDATE ... RETURNING`` by id moves them pending → timed_out, its WHERE clause being the compare-and-set
+    (also requiring ``deadline <= now``), so two beats or a racing decision never resolve one twice. The
+    continuation resumes with outcome ``timed_out``, or with the wait's declared default.
     """
     from hitl.deadlines import sweep  # (it builds on this module)
 

@@ -1,8 +1,8 @@
 """The deadline sweep, set-based: each batch of due approvals is timed out with a handful of statements.
 
-One transaction per batch: an ``UPDATE ... RETURNING`` moves up to ``limit`` due approvals pending →
-timed_out (the compare-and-set: ``status = 'pending' AND deadline <= now`` is in its WHERE clause, so an
-approval decided or swept by someone else in the meantime is not returned); then, in bulk, the decision rows,
+One transaction per batch: a SELECT of up to ``limit`` due ids, then ``UPDATE ... RETURNING`` moves them
+pending → timed_out (the compare-and-set: ``status = 'pending' AND deadline <= now`` is in its WHERE clause,
+so an approval decided or swept by someone else in the meantime is not returned); then, in bulk, the decision rows,
 the timeline entries, the runs' transitions and the continuations' outbox rows. After commit the
 continuations are published on one broker connection. :func:`hitl.completion.sweep_deadlines` is its entry
 point; the outcome rules (a wait's ``default``, ``on_timeout``) are those of :mod:`approvals.policy`.
@@ -21,7 +21,7 @@ from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, 
 from approvals.policy import continuation_for, timeout_outcome
 from approvals.schemas import Decision
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import end_runs, move_runs
+from approvals.transitions import CHUNK, end_runs, move_runs
 from hitl import outbox
 from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, resume_task_id
 from hitl.db import session_scope
@@ -41,22 +41,32 @@ def sweep(limit: int) -> int:
 
 
 def _time_out_due(s: Session, now: datetime, limit: int) -> list[Approval]:
-    """Move up to ``limit`` due approvals pending → timed_out (oldest deadline first); return them."""
-    due = (
-        select(Approval.id)
-        .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
-        .order_by(Approval.deadline)
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # PostgreSQL: a concurrent sweep takes other rows (SQLite: no-op)
+    """Move up to ``limit`` due approvals pending → timed_out (oldest deadline first); return them.
+
+    The ids are read first and the UPDATE names them (by primary key, :data:`CHUNK` at a time): as one
+    ``UPDATE ... WHERE id IN (SELECT ...)`` PostgreSQL may plan the subquery as a nested loop re-run for
+    every row. The UPDATE repeats the conditions, so it is still the compare-and-set.
+    """
+    ids = list(
+        s.scalars(
+            select(Approval.id)
+            .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+            .order_by(Approval.deadline)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL: a concurrent sweep takes other rows (SQLite: no-op)
+        )
     )
-    stmt = (
-        update(Approval)
-        .where(Approval.id.in_(due.scalar_subquery()))
-        .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
-        .values(status=ApprovalStatus.TIMED_OUT, resolved_at=now)
-        .returning(Approval)
-    )
-    return list(s.scalars(stmt, execution_options={"synchronize_session": False}))
+    due: list[Approval] = []
+    for i in range(0, len(ids), CHUNK):
+        stmt = (
+            update(Approval)
+            .where(Approval.id.in_(ids[i : i + CHUNK]))
+            .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+            .values(status=ApprovalStatus.TIMED_OUT, resolved_at=now)
+            .returning(Approval)
+        )
+        due += s.scalars(stmt, execution_options={"synchronize_session": False})
+    return due
 
 
 def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessage]:
