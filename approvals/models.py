@@ -7,6 +7,7 @@ their string values and read back as enums.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from approvals.status import ApprovalStatus, EventKind, RunStatus, StepStatus
 
@@ -63,6 +64,17 @@ def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind
         length=32,
         values_callable=lambda members: [m.value for m in members],
     )
+
+
+#: ``Session.info`` key of the timeline rows a transaction inserted, published live after it commits
+#: (:mod:`hitl.events`): ORM ``RunEvent`` objects are found by a flush hook; rows inserted in bulk are noted
+#: here with :func:`note_new_events`.
+NEW_EVENTS_KEY = "hitl_new_events"
+
+
+def note_new_events(session: Session, rows: Sequence[Mapping[Any, Any]]) -> None:
+    """Note timeline rows inserted in bulk (``INSERT ... RETURNING`` mappings) for publishing after commit."""
+    session.info.setdefault(NEW_EVENTS_KEY, []).extend(dict(r) for r in rows)
 
 
 class Base(DeclarativeBase):

@@ -8,9 +8,9 @@ from the transition tables in :mod:`approvals.status`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import (
@@ -21,8 +21,14 @@ from approvals.errors import (
     HitlError,
     InvalidTransition,
 )
-from approvals.models import Approval, Run, RunEvent, utcnow
+from approvals.models import Approval, Run, RunEvent, note_new_events, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus, approval_sources, run_sources
+
+# The statements below are Core statements on the tables: one UPDATE each, without the ORM's bookkeeping
+# (no session object is kept in step with them; callers read rows after, not before, a transition).
+_RUNS = cast(Table, Run.__table__)
+_APPROVALS = cast(Table, Approval.__table__)
+_EVENTS = cast(Table, RunEvent.__table__)
 
 
 def _rowcount(result: Any) -> int:
@@ -46,8 +52,8 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
     if target.terminal:
         values["finished_at"] = now
     stmt = (
-        update(Run)
-        .where(Run.id == run_id, Run.status.in_(run_sources(target)))
+        update(_RUNS)
+        .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(run_sources(target)))
         .values(status=target, updated_at=now, **values)
     )
     return _rowcount(session.execute(stmt)) == 1
@@ -62,6 +68,52 @@ def end_run(
         return False
     session.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=status.value, detail=detail or {}))
     return True
+
+
+#: Rows per statement in the set-based transitions (well under SQLite's and PostgreSQL's bound-parameter limits).
+CHUNK = 1000
+
+
+def move_runs(session: Session, run_ids: list[str], target: RunStatus) -> int:
+    """Move each run of ``run_ids`` whose status allows it to the non-terminal ``target``, in one statement
+    per :data:`CHUNK` ids; return how many moved."""
+    assert not target.terminal, "use end_runs for terminal statuses"
+    moved = 0
+    for i in range(0, len(run_ids), CHUNK):
+        stmt = (
+            update(_RUNS)
+            .where(_RUNS.c.id.in_(run_ids[i : i + CHUNK]), _RUNS.c.status.in_(run_sources(target)))
+            .values(status=target, updated_at=utcnow())
+        )
+        moved += _rowcount(session.execute(stmt))
+    return moved
+
+
+def end_runs(session: Session, status: RunStatus, results: dict[str, Any]) -> list[str]:
+    """Set-based :func:`end_run`: move each run of ``results`` (run id → result) whose status allows it to the
+    terminal ``status``, store its result, and append ``run_finished`` for each; return the ids ended."""
+    now = utcnow()
+    ids = list(results)
+    ended: list[str] = []
+    for i in range(0, len(ids), CHUNK):
+        stmt = (
+            update(_RUNS)
+            .where(_RUNS.c.id.in_(ids[i : i + CHUNK]), _RUNS.c.status.in_(run_sources(status)))
+            .values(status=status, updated_at=now, finished_at=now)
+            .returning(_RUNS.c.id)
+        )
+        ended += session.execute(stmt).scalars()
+    if ended:  # the compare-and-set above won these rows in this transaction; now their results
+        session.execute(
+            update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(result=bindparam("run_result")),
+            [{"run_id": r, "run_result": results[r]} for r in ended],
+        )
+        rows = session.execute(
+            insert(_EVENTS).returning(_EVENTS),
+            [{"run_id": r, "kind": EventKind.FINISHED, "name": status.value, "detail": {}, "at": now} for r in ended],
+        )
+        note_new_events(session, rows.mappings().all())
+    return ended
 
 
 def resolve_approval(
@@ -85,11 +137,12 @@ def resolve_approval(
     Returns:
         True if this call made the change.
     """
-    stmt = update(Approval).where(Approval.id == approval_id, Approval.status.in_(approval_sources(target)))
+    a = _APPROVALS.c
+    stmt = update(_APPROVALS).where(a.id == approval_id, a.status.in_(approval_sources(target)))
     if before_deadline is not None:
-        stmt = stmt.where(Approval.deadline > before_deadline)
+        stmt = stmt.where(a.deadline > before_deadline)
     if due_by is not None:
-        stmt = stmt.where(Approval.deadline <= due_by)
+        stmt = stmt.where(a.deadline <= due_by)
     stmt = stmt.values(status=target, resolved_at=utcnow())
     return _rowcount(session.execute(stmt)) == 1
 

@@ -6,6 +6,7 @@ read from its own database. Both do the same trivial work per task.
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
@@ -15,6 +16,8 @@ import hitl
 from hitl.broker import broker_url
 
 DONE_KEY = "bench:plain:done"
+#: Figure 3: each first task records (start time - send time) in seconds on this Redis list.
+LATENCY_KEY = "bench:latency"
 
 
 @cache
@@ -36,6 +39,17 @@ def plain_last(x: Any) -> Any:
     return x
 
 
+@hitl.app.task(name="bench.plain.latency")
+def plain_latency(sent: float) -> None:
+    _redis().rpush(LATENCY_KEY, time.time() - sent)
+
+
+@hitl.step(name="bench.latency")
+def latency_step(decision: hitl.Decision) -> None:
+    """The first continuation task: records how long after the approve() call it started."""
+    _redis().rpush(LATENCY_KEY, time.time() - float(decision.data["sent"]))
+
+
 @hitl.step(name="bench.step")
 def step(x: Any) -> Any:
     return x if not isinstance(x, hitl.Decision) else x.outcome.value
@@ -52,6 +66,12 @@ def bench_pause(payload: Any) -> Any:
         | step.s()
         | step.s()
     )
+
+
+@hitl.workflow("bench-latency")
+def bench_latency(payload: Any) -> Any:
+    """A step, a wait, then a continuation whose first task records its start latency."""
+    return step.s(payload) | hitl.wait_for_approval.s(key="bench", timeout="1h") | latency_step.s()
 
 
 @hitl.workflow("bench-nowait")

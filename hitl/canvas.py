@@ -86,11 +86,13 @@ def with_task_ids(sigs: list[dict[str, Any]], parent: str, first_id: str | None 
     return out
 
 
-def apply_chain(sigs: list[dict[str, Any]], args: list[Any], task_id: str) -> None:
+def apply_chain(sigs: list[dict[str, Any]], args: list[Any], task_id: str, producer: Any = None) -> None:
     """Send the first signature with ``args`` prepended and the rest as its chain (Celery's own shape).
 
     The first task gets ``task_id``, the others ids derived from it; the message's ``chain`` field holds the
-    rest in reverse order, as Celery's tracer pops the next signature from the end.
+    rest in reverse order, as Celery's tracer pops the next signature from the end. ``producer`` is a kombu
+    producer to send with (default: one from the app's pool).
     """
     first, *rest = with_task_ids(sigs, task_id, task_id)
-    first.apply_async(tuple(args), chain=[dict(s) for s in reversed(rest)] or None)
+    options: dict[str, Any] = {"producer": producer} if producer is not None else {}
+    first.apply_async(tuple(args), chain=[dict(s) for s in reversed(rest)] or None, **options)

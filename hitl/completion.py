@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from approvals.errors import AlreadyDecided, ApprovalNotFound, DomainError, InvalidDecision, LinkUsed, NotAllowed
 from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, Vote, utcnow
-from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome, validate_decision_data
+from approvals.policy import FAIL_DEFAULT, continuation_for, validate_decision_data
 from approvals.schemas import ApprovalPolicy, Decision, Outcome, VoteView
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import (
@@ -454,48 +454,14 @@ def reject(
 def sweep_deadlines(limit: int = 500) -> int:
     """Time out up to ``limit`` pending approvals whose deadline has passed; return how many this call did.
 
-    The query walks the ``(status, deadline)`` index. Each approval moves pending → timed_out by
-    compare-and-set (also requiring ``deadline <= now``), so two beats or a racing decision never resolve one
-    twice. The continuation resumes with outcome ``timed_out``, or with the wait's declared default.
+    Set-based (see :mod:`hitl.deadlines`): the due ids come from the ``(status, deadline)`` index, and an
+    ``UPDATE ... RETURNING`` by id moves them pending → timed_out, its WHERE clause being the compare-and-set
+    (also requiring ``deadline <= now``), so two beats or a racing decision never resolve one twice. The
+    continuation resumes with outcome ``timed_out``, or with the wait's declared default.
     """
-    now = utcnow()
-    with session_scope() as s:
-        ids = list(
-            s.scalars(
-                select(Approval.id)
-                .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
-                .order_by(Approval.deadline)
-                .limit(limit)
-            )
-        )
-    if not ids:
-        return 0
-    sent: list[OutboxMessage] = []
-    done: list[Decision] = []
-    with session_scope() as s:
-        for approval_id in ids:
-            if not resolve_approval(s, approval_id, ApprovalStatus.TIMED_OUT, due_by=now):
-                continue
-            approval = s.get_one(Approval, approval_id)
-            outcome, defaulted = timeout_outcome(approval)
-            data = default_data(approval) if defaulted and outcome is not Outcome.TIMED_OUT else {}
-            decision = _record(s, approval, outcome, DEADLINE_ACTOR, None, data, "deadline", now, defaulted=defaulted)
-            sent += _resume(s, approval, decision)
-            done.append(decision)
-        for d in done:  # after every row lock of the transaction (see hitl.audit)
-            audit.record(
-                s,
-                action="timeout",
-                actor=DEADLINE_ACTOR,
-                channel="deadline",
-                accepted=True,
-                approval_id=d.approval_id,
-                run_id=d.run_id,
-                outcome=d.outcome.value,
-                payload=d.data,
-            )
-    outbox.publish(sent)
-    return len(done)
+    from hitl.deadlines import sweep  # (it builds on this module)
+
+    return sweep(limit)
 
 
 def _record(

@@ -20,7 +20,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from approvals.models import RunEvent
+from approvals.models import NEW_EVENTS_KEY, RunEvent
 from approvals.status import EventKind
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,23 @@ def run_channel(run_id: str) -> str:
     return f"hitl:events:run:{run_id}"
 
 
-def live_event(row: RunEvent) -> LiveEvent:
-    """Return ``row`` (flushed, so it has its id) as a :class:`LiveEvent`."""
+_COLUMNS = ("id", "run_id", "kind", "name", "task_id", "detail", "at")
+
+
+def live_event(row: RunEvent | dict[str, Any]) -> LiveEvent:
+    """Return a timeline row (a flushed ``RunEvent``, or a mapping returned by a bulk insert) as a
+    :class:`LiveEvent`."""
+    values: dict[str, Any] = row if isinstance(row, dict) else {c: getattr(row, c) for c in _COLUMNS}
+    get = values.__getitem__
     return LiveEvent(
         type="hitl.event",
-        id=row.id,
-        run_id=row.run_id,
-        kind=EventKind(row.kind).value,
-        name=row.name,
-        task_id=row.task_id,
-        detail=row.detail or {},
-        at=row.at.isoformat(),
+        id=int(get("id")),
+        run_id=str(get("run_id")),
+        kind=EventKind(get("kind")).value,
+        name=values.get("name") or "",
+        task_id=values.get("task_id"),
+        detail=values.get("detail") or {},
+        at=get("at").isoformat(),
     )
 
 
@@ -79,12 +85,14 @@ def _collect(session: Session, _ctx: Any) -> None:
 
 def _forget(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(NEW_EVENTS_KEY, None)
 
 
 def _after_commit(session: Session) -> None:
     pending: list[LiveEvent] = session.info.pop(_PENDING, [])
+    pending += [live_event(r) for r in session.info.pop(NEW_EVENTS_KEY, [])]
     if pending:
-        publish(pending)
+        publish(sorted(pending, key=lambda ev: ev["id"]))
 
 
 _client: redis.Redis | None = None

@@ -17,17 +17,20 @@ deterministic, so a re-published message that turns out not to be lost is recogn
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import BrokerUnavailable
 from approvals.models import OutboxMessage, utcnow
+from hitl.app import app
 from hitl.broker import ensure_broker
 from hitl.canvas import apply_chain
 from hitl.db import session_scope
@@ -37,11 +40,19 @@ log = logging.getLogger(__name__)
 
 #: Rows published per relay pass.
 RELAY_BATCH = 500
+#: The outbox table, for Core statements (no ORM bookkeeping on the hot path).
+_TABLE = cast(Table, OutboxMessage.__table__)
+_INSERT = insert(_TABLE)
+_MARK_DELIVERED = (
+    update(_TABLE)
+    .where(_TABLE.c.task_id == bindparam("b_task_id"), _TABLE.c.delivered_at.is_(None))
+    .values(delivered_at=bindparam("b_now", type_=_TABLE.c.delivered_at.type))
+)
 _PUBLISH_ERRORS = (KombuOperationalError, BrokerUnavailable, RedisError, OSError)
 
 
 def enqueue(session: Session, run_id: str, task_id: str, sigs: list[dict[str, Any]], args: list[Any]) -> OutboxMessage:
-    """Add an outbox row to ``session`` (the caller's transaction) and return it, flushed.
+    """Insert an outbox row in ``session`` (the caller's transaction) and return it.
 
     Args:
         session: the transaction that makes the change calling for this message.
@@ -49,44 +60,93 @@ def enqueue(session: Session, run_id: str, task_id: str, sigs: list[dict[str, An
         task_id: the deterministic task id of the first signature.
         sigs: signature dicts in run order: the first is sent, the rest ride along as its chain.
         args: positional arguments prepended to the first signature's (a result, a decision).
+
+    Returns:
+        The row as written, for :func:`publish` after commit. It is not attached to the session and its
+        ``id`` is not read back (one INSERT, no round trip for it): rows are identified by ``task_id``.
     """
-    row = OutboxMessage(run_id=run_id, task_id=task_id, signature={"tasks": sigs}, args=args, sent_at=utcnow())
-    session.add(row)
-    session.flush()
-    return row
+    return enqueue_many(session, [(run_id, task_id, sigs, args)])[0]
+
+
+def enqueue_many(
+    session: Session, messages: list[tuple[str, str, list[dict[str, Any]], list[Any]]]
+) -> list[OutboxMessage]:
+    """Insert outbox rows ``(run_id, task_id, sigs, args)`` with one statement; see :func:`enqueue`."""
+    if not messages:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "run_id": r,
+            "task_id": t,
+            "signature": {"tasks": s},
+            "args": a,
+            "created_at": now,
+            "sent_at": now,
+            "attempts": 0,
+        }
+        for r, t, s, a in messages
+    ]
+    session.flush()  # what the caller added (its run, say) goes first: the outbox row refers to it
+    session.execute(_INSERT, rows)
+    return [OutboxMessage(**row) for row in rows]
 
 
 def publish(rows: list[OutboxMessage]) -> int:
-    """Publish committed outbox rows now; return how many went out.
+    """Publish committed outbox rows now, on one broker connection; return how many went out.
 
-    A row that cannot be published (broker down) is marked unsent for the relay; nothing is raised.
+    A row that cannot be published (broker down) is marked unsent for the relay; nothing is raised. The
+    embedded broker is checked on a process's first publish and after a failed one (then started if it is
+    not running, and the rest tried once more), not before every message.
     """
-    sent = 0
-    for i, row in enumerate(rows):
-        try:
+    if not rows:
+        return 0
+    _check_broker_once()
+    sent, error = _send(rows)
+    if error is not None and get_settings().embedded_broker:
+        with contextlib.suppress(*_PUBLISH_ERRORS):
             ensure_broker()
-            apply_chain(row.signature["tasks"], row.args, row.task_id)
-        except _PUBLISH_ERRORS as exc:
-            log.warning("outbox: %s not sent (%s); the relay sends it when the broker is back", row.task_id, exc)
-            unsent = [r.id for r in rows[i:]]  # the broker is down: the rest would fail the same way
-            with session_scope() as s:
-                s.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_(unsent))
-                    .values(sent_at=None, attempts=OutboxMessage.attempts + 1)
-                )
-            return sent
-        sent += 1
+            more, error = _send(rows[sent:])
+            sent += more
+    if error is None:
+        return sent
+    log.warning("outbox: %s not sent (%s); the relay sends it when the broker is back", rows[sent].task_id, error)
+    with session_scope() as s:  # the broker is down: the rest would fail the same way
+        s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.task_id.in_([r.task_id for r in rows[sent:]]))
+            .values(sent_at=None, attempts=OutboxMessage.attempts + 1)
+        )
     return sent
+
+
+_broker_checked_pid = 0
+
+
+def _check_broker_once() -> None:
+    global _broker_checked_pid
+    if _broker_checked_pid != os.getpid():
+        with contextlib.suppress(*_PUBLISH_ERRORS):  # publishing then fails, and that is handled
+            ensure_broker()
+            _broker_checked_pid = os.getpid()
+
+
+def _send(rows: list[OutboxMessage]) -> tuple[int, Exception | None]:
+    """Publish ``rows`` in order on one producer; return how many went out and the error that stopped it."""
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for row in rows:
+                apply_chain(row.signature["tasks"], row.args, row.task_id, producer=producer)
+                sent += 1
+    except _PUBLISH_ERRORS as exc:
+        return sent, exc
+    return sent, None
 
 
 def mark_delivered(session: Session, task_id: str) -> None:
     """In the receiving step's claim transaction: the message of ``task_id`` arrived."""
-    session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.task_id == task_id, OutboxMessage.delivered_at.is_(None))
-        .values(delivered_at=utcnow())
-    )
+    session.execute(_MARK_DELIVERED, {"b_task_id": task_id, "b_now": utcnow()})
 
 
 def republish_undelivered(task_id: str) -> int:

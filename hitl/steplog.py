@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,31 @@ from hitl import outbox
 from hitl.db import session_scope
 
 log = logging.getLogger(__name__)
+
+# Tables for the Core statements of the per-step hot path (no ORM unit-of-work bookkeeping), and the
+# statements themselves, built once with bound parameters: SQLAlchemy then reuses their cache keys too.
+_STEPS = cast(Table, StepRecord.__table__)
+_RUNS = cast(Table, Run.__table__)
+_RUN_STATUS = select(_RUNS.c.status).where(_RUNS.c.id == bindparam("run_id"))
+_FINISH = (
+    update(_STEPS)
+    .where(
+        _STEPS.c.task_id == bindparam("b_task_id"),
+        _STEPS.c.attempt == bindparam("b_attempt"),
+        _STEPS.c.status == StepStatus.STARTED,
+    )
+    .values(
+        status=bindparam("b_status", type_=_STEPS.c.status.type),
+        result=bindparam("b_result", type_=_STEPS.c.result.type),
+        next_task_id=bindparam("b_next_task_id", type_=_STEPS.c.next_task_id.type),
+        finished_at=bindparam("b_finished_at", type_=_STEPS.c.finished_at.type),
+    )
+)
+_INSERT_IGNORE = {
+    "sqlite": sqlite.insert(_STEPS).on_conflict_do_nothing().returning(_STEPS.c.task_id),
+    # (PostgreSQL waits for a concurrent insert of the same id to commit or roll back.)
+    "postgresql": postgresql.insert(_STEPS).on_conflict_do_nothing().returning(_STEPS.c.task_id),
+}
 
 
 class LostClaim(HitlError):
@@ -76,7 +102,7 @@ def claim(run_id: str, name: str, task_id: str) -> Claim:
 
 
 def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> Claim:
-    status = s.scalar(select(Run.status).where(Run.id == run_id))
+    status = s.execute(_RUN_STATUS, {"run_id": run_id}).scalar()
     if status is None or status.terminal:
         if status is not None:
             s.add(
@@ -92,35 +118,30 @@ def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> C
             log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
         return Claim(run_id, task_id, name, 0, now, skip=True)
     outbox.mark_delivered(s, task_id)
-    record = s.get(StepRecord, task_id)
-    if record is not None and record.status.terminal:
-        return Claim(
-            run_id,
-            task_id,
-            name,
-            record.attempt,
-            now,
-            done=record.status,
-            result=record.result,
-            next_task_id=record.next_task_id,
-        )
-    if record is None:
-        s.add(
-            StepRecord(task_id=task_id, run_id=run_id, name=name, status=StepStatus.STARTED, attempt=1, started_at=now)
-        )
-        try:
-            s.flush()
-        except IntegrityError as exc:  # a concurrent delivery inserted the record first
-            raise _Contended from exc
+    if _insert_first_attempt(s, run_id, name, task_id, now):  # the usual case: one statement
         attempt = 1
-    else:
+    else:  # a second delivery, a retry, or a concurrent delivery that inserted the record first
+        record = s.get(StepRecord, task_id)
+        if record is None:
+            raise _Contended
+        if record.status.terminal:
+            return Claim(
+                run_id,
+                task_id,
+                name,
+                record.attempt,
+                now,
+                done=record.status,
+                result=record.result,
+                next_task_id=record.next_task_id,
+            )
         attempt = record.attempt + 1
         won = s.execute(
-            update(StepRecord)
+            update(_STEPS)
             .where(
-                StepRecord.task_id == task_id,
-                StepRecord.attempt == record.attempt,
-                StepRecord.status.in_((StepStatus.STARTED, StepStatus.REPLACED)),
+                _STEPS.c.task_id == task_id,
+                _STEPS.c.attempt == record.attempt,
+                _STEPS.c.status.in_((StepStatus.STARTED, StepStatus.REPLACED)),
             )
             .values(status=StepStatus.STARTED, attempt=attempt, started_at=now)
         ).rowcount  # type: ignore[attr-defined]
@@ -129,6 +150,28 @@ def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> C
     if status is RunStatus.PENDING:
         move_run(s, run_id, RunStatus.RUNNING)
     return Claim(run_id, task_id, name, attempt, now)
+
+
+def _insert_first_attempt(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> bool:
+    """Insert the step record as attempt 1; False (nothing written) if a record of ``task_id`` exists."""
+    values = {
+        "task_id": task_id,
+        "run_id": run_id,
+        "name": name,
+        "status": StepStatus.STARTED,
+        "attempt": 1,
+        "started_at": now,
+    }
+    stmt = _INSERT_IGNORE.get(s.get_bind().dialect.name)
+    if stmt is None:
+        try:
+            with s.begin_nested():
+                s.execute(insert(_STEPS), values)
+        except IntegrityError:
+            return False
+        return True
+    # RETURNING tells whether the row went in: psycopg's row count for INSERT ... ON CONFLICT is not reliable.
+    return s.execute(stmt, values).first() is not None
 
 
 def finish(
@@ -159,13 +202,15 @@ def finish(
         LostClaim: a later attempt claimed the step; the caller's transaction must roll back.
     """
     next_id = send[0][0]["options"]["task_id"] if send else None
-    won = s.execute(
-        update(StepRecord)
-        .where(
-            StepRecord.task_id == c.task_id, StepRecord.attempt == c.attempt, StepRecord.status == StepStatus.STARTED
-        )
-        .values(status=status, result=result, next_task_id=next_id, finished_at=utcnow())
-    ).rowcount  # type: ignore[attr-defined]
+    params = {
+        "b_task_id": c.task_id,
+        "b_attempt": c.attempt,
+        "b_status": status,
+        "b_result": result,
+        "b_next_task_id": next_id,
+        "b_finished_at": utcnow(),
+    }
+    won = s.execute(_FINISH, params).rowcount  # type: ignore[attr-defined]
     if not won:
         raise LostClaim(f"step {c.name} ({c.task_id}) attempt {c.attempt} lost its claim")
     if status is not StepStatus.WAITING:
