@@ -96,17 +96,22 @@ def _after_commit(session: Session) -> None:
 
 
 _client: redis.Redis | None = None
-_client_pid = 0
+_client_key: tuple[int, str] = (0, "")
 _down_until = 0.0
 
 
 def client() -> redis.Redis | None:
-    """Return this process's Redis client on the broker, or None when the broker is not Redis."""
-    global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        from hitl.broker import broker_url
+    """Return this process's Redis client on the broker, or None when the broker is not Redis.
 
-        _client, _client_pid = _redis_for(broker_url()), os.getpid()
+    The client is kept per process and per broker URL: a fork, or a process re-pointed at another broker
+    (``hitl.app.reconfigure``), gets a new one.
+    """
+    global _client, _client_key, _down_until
+    from hitl.broker import broker_url
+
+    key = (os.getpid(), broker_url())
+    if _client_key != key:
+        _client, _client_key, _down_until = _redis_for(key[1]), key, 0.0
     return _client
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from approvals.errors import BrokerUnavailable
 from approvals.models import OutboxMessage, utcnow
 from hitl.app import app
-from hitl.broker import ensure_broker
+from hitl.broker import broker_url, ensure_broker
 from hitl.canvas import apply_chain
 from hitl.db import session_scope
 from hitl.settings import get_settings
@@ -120,15 +120,17 @@ def publish(rows: list[OutboxMessage]) -> int:
     return sent
 
 
-_broker_checked_pid = 0
+_broker_checked: tuple[int, str] = (0, "")
 
 
 def _check_broker_once() -> None:
-    global _broker_checked_pid
-    if _broker_checked_pid != os.getpid():
+    """Start the embedded broker if it is the one configured and not running: once per process and broker URL."""
+    global _broker_checked
+    key = (os.getpid(), broker_url())
+    if _broker_checked != key:
         with contextlib.suppress(*_PUBLISH_ERRORS):  # publishing then fails, and that is handled
             ensure_broker()
-            _broker_checked_pid = os.getpid()
+            _broker_checked = key
 
 
 def _send(rows: list[OutboxMessage]) -> tuple[int, Exception | None]:
