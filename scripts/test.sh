@@ -31,4 +31,6 @@ echo "ruff and mypy..."
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on real processes (worker, beat, redis, PostgreSQL), so two pytest workers overlap the waiting;
+# a module's tests stay together on one worker (its stack is started once). HITL_TEST_WORKERS=0 runs in-process.
+exec .venv/bin/python -m pytest -n "${HITL_TEST_WORKERS:-2}" --dist loadscope "$@"

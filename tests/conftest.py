@@ -6,9 +6,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pg import PgServer, start_postgres
-from tests.support import ApiServer, Stack, api_server, running_stack
+from tests.support import FIGURES, ApiServer, Stack, api_server, running_stack
 
 DATABASES = ["sqlite", "postgresql"]
+_figures: list[dict[str, object]] = []
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +41,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterat
         yield s
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the figures the fault-injection tests record (they travel in the report, also from xdist workers)."""
+    if report.when == "call":
+        _figures.extend(value for name, value in report.user_properties if name == FIGURES)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the figures of the fault-injection runs (runs, kills, lost, duplicated)."""
-    from tests.faults.test_faults import FIGURES
-
-    if FIGURES:
+    if _figures:
         terminalreporter.section("fault-injection figures")
-        for row in FIGURES:
+        for row in _figures:
             terminalreporter.write_line(", ".join(f"{k}={v}" for k, v in row.items()))
 
 

@@ -19,6 +19,10 @@ TEST_GROUPS = {"editors": ["alice", "bob", "carol", "a"], "dba": ["dana", "alice
 T = TypeVar("T")
 
 
+# The name under which fault-injection tests record their figures (``record_property``) for the summary.
+FIGURES = "hitl_fault_figures"
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> T:
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -25,12 +26,11 @@ from approvals.models import Approval, DecisionRecord, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
 from hitl.db import session_scope
 from tests.flows import Attempt, EffectRow, create_test_tables
-from tests.support import ROOT, Stack, running_stack, wait_for
+from tests.support import FIGURES, ROOT, Stack, running_stack, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 #: Figures of the fault runs, printed at the end of the session (see tests/conftest.py).
-FIGURES: list[dict[str, object]] = []
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,9 @@ class AutoApprover(threading.Thread):
 
 
 @pytest.mark.timeout(600)
-def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack, database_url: str) -> None:
+def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(
+    fstack: Stack, database_url: str, record_property: Any
+) -> None:
     runs = 300
     rng = random.Random(20261121)
     run_ids = [hitl.start("chaos", {"i": i}) for i in range(runs)]
@@ -169,7 +171,8 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
         approver.stop.set()
         approver.join(10)
     counts = effect_counts(run_ids)
-    FIGURES.append(
+    record_property(
+        FIGURES,
         {
             "test": "kill -9 during 300 runs",
             "database": "postgresql" if database_url else "sqlite",
@@ -180,7 +183,7 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(fstack: Stack,
             "duplicated": sum(n - 1 for n in counts.values() if n > 1),
             "succeeded": sum(1 for st in statuses.values() if st is RunStatus.SUCCEEDED),
             "worker_exits_restarted_by_supervisor": fstack.crashes,
-        }
+        },
     )
     assert kills["pool_process"] >= 10
     assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: runs}
