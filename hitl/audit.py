@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
-from sqlalchemy import or_, select, text
+from sqlalchemy import Table, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from approvals.errors import InfrastructureError
@@ -160,7 +160,44 @@ def record(
     """
     if run_id is None and approval_id is not None:
         run_id = session.scalar(select(Approval.run_id).where(Approval.id == approval_id))
-    fields: dict[str, Any] = {
+    fields = entry_fields(
+        action=action,
+        actor=actor,
+        channel=channel,
+        accepted=accepted,
+        approval_id=approval_id,
+        run_id=run_id,
+        outcome=outcome,
+        reason=reason,
+        comment=comment,
+        payload=payload,
+    )
+    _lock(session)
+    fields["prev_hash"] = _head(session)
+    entry = AuditRecord(**fields, hash=entry_hash(fields))
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def entry_fields(
+    *,
+    action: str,
+    actor: str,
+    channel: str,
+    accepted: bool,
+    approval_id: str | None,
+    run_id: str | None,
+    outcome: str | None = None,
+    reason: str | None = None,
+    comment: str | None = None,
+    payload: Any = None,
+) -> dict[str, Any]:
+    """Return the fields of an entry, stamped now, before it is chained (for :func:`record_many`).
+
+    Arguments as for :func:`record`, except that ``run_id`` is not looked up.
+    """
+    return {
         "at": utcnow(),
         "actor": _clip("actor", actor),
         "channel": _clip("channel", channel),
@@ -173,13 +210,29 @@ def record(
         "comment": comment,
         "payload_hash": payload_hash(payload),
     }
+
+
+def record_many(session: Session, items: list[dict[str, Any]]) -> None:
+    """Append entries made by :func:`entry_fields`, in order, in ``session``'s transaction.
+
+    One lock, one read of the head hash and one multi-row INSERT for all of them (the deadline sweep
+    times out thousands of approvals per transaction). The same rule as :func:`record`: call it last.
+    """
+    if not items:
+        return
     _lock(session)
-    last = session.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1))
-    fields["prev_hash"] = last or GENESIS
-    entry = AuditRecord(**fields, hash=entry_hash(fields))
-    session.add(entry)
-    session.flush()
-    return entry
+    prev = _head(session)
+    rows = []
+    for fields in items:
+        row = {**fields, "prev_hash": prev}
+        row["hash"] = prev = entry_hash(row)
+        rows.append(row)
+    session.execute(insert(cast(Table, AuditRecord.__table__)), rows)  # executed in list order: ids follow the chain
+
+
+def _head(session: Session) -> str:
+    """Return the hash of the newest entry (:data:`GENESIS` when the log is empty)."""
+    return session.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)) or GENESIS
 
 
 def record_refused(

@@ -137,16 +137,20 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
     for status, results in ended.items():
         end_runs(s, status, results)
     sent = outbox.enqueue_many(s, resumed)
-    for approval, outcome, data in audited:  # last: the audit log's lock is held until commit (hitl.audit)
-        audit.record(
-            s,
-            action="timeout",
-            actor=DEADLINE_ACTOR,
-            channel="deadline",
-            accepted=True,
-            approval_id=approval.id,
-            run_id=approval.run_id,
-            outcome=outcome.value,
-            payload=data,
-        )
+    audit.record_many(  # last: the audit log's lock is held until commit (hitl.audit)
+        s,
+        [
+            audit.entry_fields(
+                action="timeout",
+                actor=DEADLINE_ACTOR,
+                channel="deadline",
+                accepted=True,
+                approval_id=approval.id,
+                run_id=approval.run_id,
+                outcome=outcome.value,
+                payload=data,
+            )
+            for approval, outcome, data in audited
+        ],
+    )
     return sent

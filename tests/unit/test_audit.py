@@ -54,6 +54,35 @@ def test_entries_chain_from_genesis_and_verify(engine_env: Path) -> None:
     assert (report.head_id, report.head_hash) == (ids[-1], rows[-1].hash)
 
 
+def test_record_many_continues_the_chain_in_order(engine_env: Path) -> None:
+    first = append(1)
+    with session_scope() as s:
+        audit.record_many(
+            s,
+            [
+                audit.entry_fields(
+                    action="timeout",
+                    actor="hitl:deadline",
+                    channel="deadline",
+                    accepted=True,
+                    approval_id=f"a{i}",
+                    run_id=f"r{i}",
+                    outcome="timed_out",
+                    payload={},
+                )
+                for i in range(5)
+            ],
+        )
+    append(1)
+    rows = audit.entries()
+    assert rows[0].id == first[0] and [e.approval_id for e in rows[1:6]] == [f"a{i}" for i in range(5)]
+    assert [e.prev_hash for e in rows[1:]] == [e.hash for e in rows[:-1]]
+    report = audit.verify()
+    assert report.ok and report.checked == 7
+    sql("UPDATE hitl_audit SET actor = 'mallory' WHERE approval_id = 'a2'")
+    assert audit.verify().broken_id == rows[3].id
+
+
 def test_an_empty_log_verifies(engine_env: Path) -> None:
     report = audit.verify()
     assert report.ok and report.checked == 0 and report.head_hash is None
