@@ -279,6 +279,9 @@ def _vote(
     approvals = sum(v.outcome is Outcome.APPROVED for v in here)
     rejections = len(here) - approvals
     settled: Outcome | None = None
+    unsettled = make_decision(
+        approval, outcome, actor=actor, comment=comment, data=data, at=now, settled=False, votes=votes
+    )
     if rejections and (
         gate.any_rejection_rejects or (gate.eligible is not None and gate.eligible - rejections < gate.quorum)
     ):
@@ -288,11 +291,11 @@ def _vote(
             next_stage = gate.stage + 1
             advance_stage(s, approval_id, gate.stage, gate.stages[next_stage])
             _event(s, approval, EventKind.VOTED, actor, channel, outcome, here[-1].stage, advanced_to=next_stage)
-            return _Decided(approval, _unsettled(approval, outcome, actor, comment, data, now, votes))
+            return _Decided(approval, unsettled)
         settled = Outcome.APPROVED
     if settled is None:
         _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
-        return _Decided(approval, _unsettled(approval, outcome, actor, comment, data, now, votes))
+        return _Decided(approval, unsettled)
     _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
     if not resolve_approval(s, approval_id, settled.approval_status, before_deadline=now):
         raise why_not_pending(s, approval_id, now)
@@ -312,15 +315,19 @@ def _vote_view(v: Vote) -> VoteView:
     )
 
 
-def _unsettled(
+def make_decision(
     approval: Approval,
     outcome: Outcome,
+    *,
     actor: str,
     comment: str | None,
     data: dict[str, Any],
-    now: datetime,
-    votes: list[VoteView],
+    at: datetime,
+    defaulted: bool = False,
+    settled: bool = True,
+    votes: list[VoteView] | None = None,
 ) -> Decision:
+    """Return the :class:`Decision` on ``approval`` that a continuation receives (``at``: when it was made)."""
     return Decision(
         approval_id=approval.id,
         run_id=approval.run_id,
@@ -330,10 +337,25 @@ def _unsettled(
         data=data,
         actor=actor,
         comment=comment,
-        decided_at=now,
-        settled=False,
-        votes=votes,
+        decided_at=at,
+        defaulted=defaulted,
+        settled=settled,
+        votes=votes or [],
     )
+
+
+def resolved_detail(
+    approval: Approval, outcome: Outcome, actor: str, comment: str | None, channel: str, *, defaulted: bool
+) -> dict[str, Any]:
+    """Return the detail of an ``input_resolved`` timeline entry (the live event's payload)."""
+    return {
+        "approval_id": approval.id,
+        "outcome": outcome.value,
+        "actor": actor,
+        "comment": comment,
+        "channel": channel,
+        "defaulted": defaulted,
+    }
 
 
 def _event(
@@ -494,28 +516,11 @@ def _record(
                 run_id=approval.run_id,
                 kind=EventKind.RESOLVED,
                 name=approval.key,
-                detail={
-                    "approval_id": approval.id,
-                    "outcome": outcome.value,
-                    "actor": actor,
-                    "comment": comment,
-                    "channel": channel,
-                    "defaulted": defaulted,
-                },
+                detail=resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted),
             )
         )
-    return Decision(
-        approval_id=approval.id,
-        run_id=approval.run_id,
-        key=approval.key,
-        outcome=outcome,
-        subject=approval.subject,
-        data=data,
-        actor=actor,
-        comment=comment,
-        decided_at=now,
-        defaulted=defaulted,
-        votes=votes or [],
+    return make_decision(
+        approval, outcome, actor=actor, comment=comment, data=data, at=now, defaulted=defaulted, votes=votes
     )
 
 
@@ -558,16 +563,13 @@ def decision_of(approval: Approval) -> Decision:
     d = approval.decision
     if d is None:
         raise InvalidTransition(f"approval {approval.id} is {approval.status.value}; it has no decision")
-    return Decision(
-        approval_id=approval.id,
-        run_id=approval.run_id,
-        key=approval.key,
-        outcome=Outcome(d.outcome),
-        subject=approval.subject,
-        data=d.data,
+    return make_decision(
+        approval,
+        Outcome(d.outcome),
         actor=d.actor,
         comment=d.comment,
-        decided_at=d.decided_at,
+        data=d.data,
+        at=d.decided_at,
         defaulted=d.actor == DEADLINE_ACTOR and approval.timeout_default is not None,
         votes=[_vote_view(v) for v in approval.votes],
     )

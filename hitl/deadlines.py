@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, note_new_events, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome
-from approvals.schemas import Decision, Outcome
+from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import CHUNK, end_runs, move_runs
 from hitl import audit, outbox
-from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, resume_task_id
+from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, make_decision, resolved_detail, resume_task_id
 from hitl.db import session_scope
 
 _DECISIONS = cast(Table, DecisionRecord.__table__)
@@ -99,28 +99,12 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
                 "name": approval.key,
                 "task_id": None,
                 "started_at": None,
-                "detail": {
-                    "approval_id": approval.id,
-                    "outcome": outcome.value,
-                    "actor": DEADLINE_ACTOR,
-                    "comment": None,
-                    "channel": "deadline",
-                    "defaulted": defaulted,
-                },
+                "detail": resolved_detail(approval, outcome, DEADLINE_ACTOR, None, "deadline", defaulted=defaulted),
                 "at": now,
             }
         )
-        payload = Decision(
-            approval_id=approval.id,
-            run_id=approval.run_id,
-            key=approval.key,
-            outcome=outcome,
-            subject=approval.subject,
-            data=data,
-            actor=DEADLINE_ACTOR,
-            comment=None,
-            decided_at=now,
-            defaulted=defaulted,
+        payload = make_decision(
+            approval, outcome, actor=DEADLINE_ACTOR, comment=None, data=data, at=now, defaulted=defaulted
         ).model_dump(mode="json")
         if outcome is Outcome.TIMED_OUT and approval.timeout_default == FAIL_DEFAULT:
             ended[RunStatus.FAILED][approval.run_id] = payload
