@@ -108,12 +108,24 @@ def end_runs(session: Session, status: RunStatus, results: dict[str, Any]) -> li
             update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(result=bindparam("run_result")),
             [{"run_id": r, "run_result": results[r]} for r in ended],
         )
-        rows = session.execute(
-            insert(_EVENTS).returning(_EVENTS),
+        insert_events(
+            session,
             [{"run_id": r, "kind": EventKind.FINISHED, "name": status.value, "detail": {}, "at": now} for r in ended],
         )
-        note_new_events(session, rows.mappings().all())
     return ended
+
+
+def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert timeline rows in bulk (one multi-row INSERT) and note them for publishing after commit.
+
+    Only the ids come back from the database (``RETURNING id``, in the order of ``rows``); the rest of each
+    live event is what was inserted (reading back every column, JSON included, cost PostgreSQL's sweep of
+    2,000 approvals about 0.1 s).
+    """
+    if not rows:
+        return
+    ids = session.execute(insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True), rows).scalars()
+    note_new_events(session, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
 
 
 def resolve_approval(

@@ -17,17 +17,16 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, note_new_events, utcnow
+from approvals.models import Approval, DecisionRecord, OutboxMessage, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome
 from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import CHUNK, end_runs, move_runs
+from approvals.transitions import CHUNK, end_runs, insert_events, move_runs
 from hitl import audit, outbox
 from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, make_decision, resolved_detail, resume_task_id
 from hitl.db import session_scope
 
 _DECISIONS = cast(Table, DecisionRecord.__table__)
-_EVENTS = cast(Table, RunEvent.__table__)
 
 
 def sweep(limit: int) -> int:
@@ -115,8 +114,7 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
         else:
             ended[_TERMINAL_FOR[outcome]][approval.run_id] = payload
     s.execute(insert(_DECISIONS), decisions)
-    if events:
-        note_new_events(s, s.execute(insert(_EVENTS).returning(_EVENTS), events).mappings().all())
+    insert_events(s, events)
     move_runs(s, [run_id for run_id, *_ in resumed], RunStatus.RUNNING)
     for status, results in ended.items():
         end_runs(s, status, results)
