@@ -279,24 +279,22 @@ def _vote(
     approvals = sum(v.outcome is Outcome.APPROVED for v in here)
     rejections = len(here) - approvals
     settled: Outcome | None = None
-    unsettled = make_decision(
-        approval, outcome, actor=actor, comment=comment, data=data, at=now, settled=False, votes=votes
-    )
+    advanced_to: int | None = None
     if rejections and (
         gate.any_rejection_rejects or (gate.eligible is not None and gate.eligible - rejections < gate.quorum)
     ):
         settled = Outcome.REJECTED
+    elif approvals >= gate.quorum and gate.stage + 1 < len(gate.stages):
+        advanced_to = gate.stage + 1
+        advance_stage(s, approval_id, gate.stage, gate.stages[advanced_to])
     elif approvals >= gate.quorum:
-        if gate.stage + 1 < len(gate.stages):
-            next_stage = gate.stage + 1
-            advance_stage(s, approval_id, gate.stage, gate.stages[next_stage])
-            _event(s, approval, EventKind.VOTED, actor, channel, outcome, here[-1].stage, advanced_to=next_stage)
-            return _Decided(approval, unsettled)
         settled = Outcome.APPROVED
-    if settled is None:
-        _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
+    _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage, advanced_to=advanced_to)
+    if settled is None:  # the vote counted; the approval is still pending (perhaps in its next stage)
+        unsettled = make_decision(
+            approval, outcome, actor=actor, comment=comment, data=data, at=now, settled=False, votes=votes
+        )
         return _Decided(approval, unsettled)
-    _event(s, approval, EventKind.VOTED, actor, channel, outcome, gate.stage)
     if not resolve_approval(s, approval_id, settled.approval_status, before_deadline=now):
         raise why_not_pending(s, approval_id, now)
     value = _record(s, approval, settled, actor, comment, data, channel, now, defaulted=False, votes=votes)
@@ -304,15 +302,7 @@ def _vote(
 
 
 def _vote_view(v: Vote) -> VoteView:
-    return VoteView(
-        stage=v.stage,
-        actor=v.actor,
-        outcome=Outcome(v.outcome),
-        comment=v.comment,
-        data=v.data,
-        channel=v.channel,
-        at=v.at,
-    )
+    return VoteView.model_validate(v, from_attributes=True)
 
 
 def make_decision(

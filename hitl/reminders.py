@@ -99,13 +99,37 @@ def _notice_detail(a: _Due, **extra: Any) -> dict[str, Any]:
     return {"run_id": a.run_id, "workflow": a.workflow, "key": a.key, "deadline": a.deadline.isoformat(), **extra}
 
 
-def _write(s: Session, notification: Notification) -> bool:
-    """Add ``notification`` in a savepoint; False (and nothing written) if it already exists."""
+def _write(
+    s: Session,
+    a: _Due,
+    kind: NotificationKind,
+    seq: int,
+    recipients: list[str],
+    detail: dict[str, Any],
+    now: datetime,
+    event: tuple[EventKind, dict[str, Any]],
+) -> bool:
+    """Add the notice (in a savepoint) and, for an approval a run has taken, its timeline entry.
+
+    Returns False, with nothing written, if that notice (approval, kind, seq) already exists.
+    """
     try:
         with s.begin_nested():
-            s.add(notification)
+            s.add(
+                Notification(
+                    approval_id=a.id,
+                    kind=kind.value,
+                    seq=seq,
+                    recipients=recipients,
+                    detail=detail,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
     except IntegrityError:
         return False
+    if a.run_id is not None:
+        s.add(RunEvent(run_id=a.run_id, kind=event[0], name=a.key, detail=event[1]))
     return True
 
 
@@ -128,30 +152,16 @@ def _remind(a: _Due, now: datetime) -> bool:
         )
         if not won:
             return False
-        detail = _notice_detail(a, assignees=a.assignees)
-        if not _write(
+        return _write(
             s,
-            Notification(
-                approval_id=a.id,
-                kind=NotificationKind.REMINDER.value,
-                seq=seq,
-                recipients=recipients,
-                detail=detail,
-                created_at=now,
-                next_attempt_at=now,
-            ),
-        ):
-            return False
-        if a.run_id is not None:
-            s.add(
-                RunEvent(
-                    run_id=a.run_id,
-                    kind=EventKind.REMINDED,
-                    name=a.key,
-                    detail={"approval_id": a.id, "reminder": seq, "recipients": recipients},
-                )
-            )
-    return True
+            a,
+            NotificationKind.REMINDER,
+            seq,
+            recipients,
+            _notice_detail(a, assignees=a.assignees),
+            now,
+            (EventKind.REMINDED, {"approval_id": a.id, "reminder": seq, "recipients": recipients}),
+        )
 
 
 def _escalate(a: _Due, now: datetime) -> bool:
@@ -175,30 +185,17 @@ def _escalate(a: _Due, now: datetime) -> bool:
         )
         if not won:
             return False
-        detail = _notice_detail(a, assignees=assignees, escalate_to=list(a.policy.escalate_to))
-        if not _write(
+        escalate_to = list(a.policy.escalate_to)
+        return _write(
             s,
-            Notification(
-                approval_id=a.id,
-                kind=NotificationKind.ESCALATION.value,
-                seq=1,
-                recipients=recipients,
-                detail=detail,
-                created_at=now,
-                next_attempt_at=now,
-            ),
-        ):
-            return False
-        if a.run_id is not None:
-            s.add(
-                RunEvent(
-                    run_id=a.run_id,
-                    kind=EventKind.ESCALATED,
-                    name=a.key,
-                    detail={"approval_id": a.id, "escalate_to": list(a.policy.escalate_to), "assignees": assignees},
-                )
-            )
-    return True
+            a,
+            NotificationKind.ESCALATION,
+            1,
+            recipients,
+            _notice_detail(a, assignees=assignees, escalate_to=escalate_to),
+            now,
+            (EventKind.ESCALATED, {"approval_id": a.id, "escalate_to": escalate_to, "assignees": assignees}),
+        )
 
 
 def sweep_reminders(limit: int = 500) -> int:

@@ -37,18 +37,7 @@ def _approval_view(a: Approval, workflow: str | None) -> ApprovalView:
         requester=a.requester,
         stage=a.stage,
         idempotency_key=a.idempotency_key,
-        votes=[
-            VoteView(
-                stage=v.stage,
-                actor=v.actor,
-                outcome=Outcome(v.outcome),
-                comment=v.comment,
-                data=v.data,
-                channel=v.channel,
-                at=v.at,
-            )
-            for v in a.votes
-        ],
+        votes=[VoteView.model_validate(v, from_attributes=True) for v in a.votes],
         decision=None
         if d is None
         else DecisionView(

@@ -26,7 +26,8 @@ def pg_bin() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -76,7 +77,7 @@ def start_postgres() -> PgServer:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres")
     data = root / "data"
-    port = _free_port()
+    port = free_port()
     server = PgServer(bindir, data, port, as_user)
     server._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hitl", "-E", "UTF8")
     opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=300"

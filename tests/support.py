@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.pg import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_GROUPS = {"editors": ["alice", "bob", "carol", "a"], "dba": ["dana", "alice", "a"]}
 T = TypeVar("T")
@@ -255,15 +257,6 @@ def running_stack(
             log = s.log_text()
             if "Traceback" in log:
                 sys.stderr.write(f"\n----- {s.name} log ({home}) -----\n{log[-6000:]}\n")
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
