@@ -96,22 +96,23 @@ def _after_commit(session: Session) -> None:
 
 
 _client: redis.Redis | None = None
-_client_key: tuple[int, str] = (0, "")
+_client_for: tuple[int, object] = (0, None)
 _down_until = 0.0
 
 
 def client() -> redis.Redis | None:
     """Return this process's Redis client on the broker, or None when the broker is not Redis.
 
-    The client is kept per process and per broker URL: a fork, or a process re-pointed at another broker
-    (``hitl.app.reconfigure``), gets a new one.
+    The client is kept per process and per settings object: a fork, or a process re-pointed at another
+    broker (settings reloaded, ``hitl.app.reconfigure``), gets a new one.
     """
-    global _client, _client_key, _down_until
+    global _client, _client_for, _down_until
     from hitl.broker import broker_url
+    from hitl.settings import get_settings
 
-    key = (os.getpid(), broker_url())
-    if _client_key != key:
-        _client, _client_key, _down_until = _redis_for(key[1]), key, 0.0
+    settings = get_settings()
+    if _client_for[0] != os.getpid() or _client_for[1] is not settings:
+        _client, _client_for, _down_until = _redis_for(broker_url(settings)), (os.getpid(), settings), 0.0
     return _client
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from approvals.errors import BrokerUnavailable
 from approvals.models import OutboxMessage, utcnow
 from hitl.app import app
-from hitl.broker import broker_url, ensure_broker
+from hitl.broker import ensure_broker
 from hitl.canvas import apply_chain
 from hitl.db import session_scope
 from hitl.settings import get_settings
@@ -120,14 +120,14 @@ def publish(rows: list[OutboxMessage]) -> int:
     return sent
 
 
-_broker_checked: tuple[int, str] = (0, "")
+_broker_checked: tuple[int, object] = (0, None)
 
 
 def _check_broker_once() -> None:
-    """Start the embedded broker if it is the one configured and not running: once per process and broker URL."""
+    """Start the embedded broker if it is the one configured and not running: once per process and settings."""
     global _broker_checked
-    key = (os.getpid(), broker_url())
-    if _broker_checked != key:
+    key = (os.getpid(), get_settings())
+    if _broker_checked[0] != key[0] or _broker_checked[1] is not key[1]:
         with contextlib.suppress(*_PUBLISH_ERRORS):  # publishing then fails, and that is handled
             ensure_broker()
             _broker_checked = key
