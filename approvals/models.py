@@ -67,8 +67,9 @@ def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind
 
 
 #: ``Session.info`` key of the timeline rows a transaction inserted, published live after it commits
-#: (:mod:`hitl.events`): ORM ``RunEvent`` objects are found by a flush hook; rows inserted in bulk are noted
-#: here with :func:`note_new_events`.
+#: (:mod:`hitl.events`). Rows are noted here with :func:`note_new_events` by the functions that insert them
+#: (:func:`approvals.transitions.add_event`, ``insert_events``); a ``RunEvent`` added to a session as an ORM
+#: object is stored but not published.
 NEW_EVENTS_KEY = "hitl_new_events"
 
 

@@ -66,7 +66,7 @@ def end_run(
     ``run_finished`` to its timeline with ``detail``. Returns whether this call ended the run."""
     if not move_run(session, run_id, status, **values):
         return False
-    session.add(RunEvent(run_id=run_id, kind=EventKind.FINISHED, name=status.value, detail=detail or {}))
+    add_event(session, run_id, EventKind.FINISHED, status.value, detail=detail)
     return True
 
 
@@ -113,6 +113,35 @@ def end_runs(session: Session, status: RunStatus, results: dict[str, Any]) -> li
             [{"run_id": r, "kind": EventKind.FINISHED, "name": status.value, "detail": {}, "at": now} for r in ended],
         )
     return ended
+
+
+_INSERT_EVENT = insert(_EVENTS).returning(_EVENTS.c.id)
+
+
+def add_event(
+    session: Session,
+    run_id: str,
+    kind: EventKind,
+    name: str = "",
+    *,
+    task_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+    started_at: datetime | None = None,
+) -> int:
+    """Append one entry to run ``run_id``'s timeline now (one ``INSERT ... RETURNING id``, no ORM flush) and
+    note it for publishing after commit; return its id. The run row must exist (flushed) already."""
+    row: dict[str, Any] = {
+        "run_id": run_id,
+        "kind": kind,
+        "name": name,
+        "task_id": task_id,
+        "detail": detail or {},
+        "started_at": started_at,
+        "at": utcnow(),
+    }
+    event_id = int(session.execute(_INSERT_EVENT, row).scalar_one())
+    note_new_events(session, [{**row, "id": event_id}])
+    return event_id
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -18,11 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approvals.errors import AlreadyDecided, ApprovalNotFound, DomainError, InvalidDecision, LinkUsed, NotAllowed
-from approvals.models import Approval, DecisionRecord, OutboxMessage, RunEvent, UsedToken, Vote, utcnow
+from approvals.models import Approval, DecisionRecord, OutboxMessage, UsedToken, Vote, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, validate_decision_data
 from approvals.schemas import ApprovalPolicy, Decision, Outcome, VoteView
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import (
+    add_event,
     advance_stage,
     end_run,
     move_run,
@@ -369,7 +370,7 @@ def _event(
     }
     if advanced_to is not None:
         detail["advanced_to"] = advanced_to
-    s.add(RunEvent(run_id=approval.run_id, kind=kind, name=approval.key, detail=detail))
+    add_event(s, run_id=approval.run_id, kind=kind, name=approval.key, detail=detail)
 
 
 def refuse(
@@ -397,13 +398,12 @@ def refuse(
         missing = f"no approval has id {approval_id!r}" if found is None else None
         run_id = found[0] if found is not None else None
         if run_id is not None:  # None: missing, or created ahead with no run timeline yet
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.REFUSED,
-                    name=approval_id,
-                    detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
-                )
+            add_event(
+                s,
+                run_id=run_id,
+                kind=EventKind.REFUSED,
+                name=approval_id,
+                detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
             )
         audit.record(
             s,
@@ -501,13 +501,12 @@ def _record(
         )
     )
     if approval.run_id is not None:
-        s.add(
-            RunEvent(
-                run_id=approval.run_id,
-                kind=EventKind.RESOLVED,
-                name=approval.key,
-                detail=resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted),
-            )
+        add_event(
+            s,
+            run_id=approval.run_id,
+            kind=EventKind.RESOLVED,
+            name=approval.key,
+            detail=resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted),
         )
     return make_decision(
         approval, outcome, actor=actor, comment=comment, data=data, at=now, defaulted=defaulted, votes=votes

@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approvals.errors import InfrastructureError, InvalidPayload
-from approvals.models import Approval, RunEvent, utcnow
+from approvals.models import Approval, utcnow
 from approvals.schemas import ApprovalView
 from approvals.status import ApprovalStatus, EventKind
-from approvals.transitions import _rowcount
+from approvals.transitions import _rowcount, add_event
 from hitl.db import session_scope
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size, jsonable
@@ -120,20 +120,19 @@ def take(s: Session, idempotency_key: str, run_id: str, task_id: str, values: di
         )
         s.refresh(approval)
         if took:
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.WAITING,
-                    name=approval.key,
-                    task_id=task_id,
-                    detail={
-                        "approval_id": approval.id,
-                        "deadline": approval.deadline.isoformat(),
-                        "assignees": list(approval.assignees),
-                        "created_ahead": True,
-                        "status": approval.status.value,
-                    },
-                )
+            add_event(
+                s,
+                run_id=run_id,
+                kind=EventKind.WAITING,
+                name=approval.key,
+                task_id=task_id,
+                detail={
+                    "approval_id": approval.id,
+                    "deadline": approval.deadline.isoformat(),
+                    "assignees": list(approval.assignees),
+                    "created_ahead": True,
+                    "status": approval.status.value,
+                },
             )
     if approval.run_id != run_id:
         raise InvalidPayload(f"approval {approval.id} (key {idempotency_key!r}) was taken by run {approval.run_id}")

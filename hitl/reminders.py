@@ -26,9 +26,10 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approvals.models import Approval, Notification, Run, RunEvent, utcnow
+from approvals.models import Approval, Notification, Run, utcnow
 from approvals.schemas import ApprovalPolicy
 from approvals.status import ApprovalStatus, EventKind, NotificationKind
+from approvals.transitions import add_event
 from hitl import groups
 from hitl.db import session_scope
 
@@ -129,7 +130,7 @@ def _write(
     except IntegrityError:
         return False
     if a.run_id is not None:
-        s.add(RunEvent(run_id=a.run_id, kind=event[0], name=a.key, detail=event[1]))
+        add_event(s, run_id=a.run_id, kind=event[0], name=a.key, detail=event[1])
     return True
 
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound
-from approvals.models import Run, RunEvent
+from approvals.models import Run
 from approvals.status import EventKind, RunStatus
-from approvals.transitions import cancel_pending_approvals, end_run
+from approvals.transitions import add_event, cancel_pending_approvals, end_run
 from hitl import audit, blobs, outbox
 from hitl.canvas import bind_run
 from hitl.db import session_scope
@@ -63,7 +63,7 @@ def start(
                 )
             )
             s.flush()
-            s.add(RunEvent(run_id=run_id, kind=EventKind.CREATED, name=wf.name))
+            add_event(s, run_id=run_id, kind=EventKind.CREATED, name=wf.name)
             row = outbox.enqueue(s, run_id, f"{run_id}.start", blobs.store_in_args(s, sigs), [])
     except InfrastructureError as exc:
         if idempotency_key is not None and isinstance(exc.__cause__, IntegrityError):
@@ -115,13 +115,12 @@ def _cancel(run_id: str, actor: str, reason: str | None, channel: str) -> list[s
             raise InvalidTransition(f"run {run_id} already finished as {status.value}")
         cancelled = cancel_pending_approvals(s, run_id)
         for approval_id in cancelled:
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.RESOLVED,
-                    name=approval_id,
-                    detail={"outcome": "cancelled", "actor": actor},
-                )
+            add_event(
+                s,
+                run_id=run_id,
+                kind=EventKind.RESOLVED,
+                name=approval_id,
+                detail={"outcome": "cancelled", "actor": actor},
             )
         audit.record(
             s,

@@ -25,9 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approvals.errors import HitlError, InfrastructureError
-from approvals.models import OutboxMessage, Run, RunEvent, StepRecord, utcnow
+from approvals.models import OutboxMessage, Run, StepRecord, utcnow
 from approvals.status import EventKind, RunStatus, StepStatus
-from approvals.transitions import end_run, move_run
+from approvals.transitions import add_event, end_run, move_run
 from hitl import outbox
 from hitl.db import session_scope
 
@@ -105,14 +105,13 @@ def _claim(s: Session, run_id: str, name: str, task_id: str, now: datetime) -> C
     status = s.execute(_RUN_STATUS, {"run_id": run_id}).scalar()
     if status is None or status.terminal:
         if status is not None:
-            s.add(
-                RunEvent(
-                    run_id=run_id,
-                    kind=EventKind.STEP_SKIPPED,
-                    name=name,
-                    task_id=task_id,
-                    detail={"run_status": status.value},
-                )
+            add_event(
+                s,
+                run_id=run_id,
+                kind=EventKind.STEP_SKIPPED,
+                name=name,
+                task_id=task_id,
+                detail={"run_status": status.value},
             )
         else:
             log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
@@ -215,15 +214,14 @@ def finish(
         raise LostClaim(f"step {c.name} ({c.task_id}) attempt {c.attempt} lost its claim")
     if status is not StepStatus.WAITING:
         detail = {"attempt": c.attempt} if c.attempt > 1 else {}
-        s.add(
-            RunEvent(
-                run_id=c.run_id,
-                kind=EventKind.STEP_FINISHED,
-                name=c.name,
-                task_id=c.task_id,
-                started_at=c.started_at,
-                detail=detail,
-            )
+        add_event(
+            s,
+            run_id=c.run_id,
+            kind=EventKind.STEP_FINISHED,
+            name=c.name,
+            task_id=c.task_id,
+            started_at=c.started_at,
+            detail=detail,
         )
     if end_of_chain:
         end_run(s, c.run_id, RunStatus.SUCCEEDED, result=result)
@@ -247,14 +245,13 @@ def fail(run_id: str, name: str, task_id: str, error: str) -> None:
             .where(StepRecord.task_id == task_id, StepRecord.status == StepStatus.STARTED)
             .values(status=StepStatus.FAILED, result={"error": error}, finished_at=utcnow())
         )
-        s.add(
-            RunEvent(
-                run_id=run_id,
-                kind=EventKind.STEP_FAILED,
-                name=name,
-                task_id=task_id,
-                detail={"error": error},
-                started_at=utcnow(),
-            )
+        add_event(
+            s,
+            run_id=run_id,
+            kind=EventKind.STEP_FAILED,
+            name=name,
+            task_id=task_id,
+            detail={"error": error},
+            started_at=utcnow(),
         )
         end_run(s, run_id, RunStatus.FAILED, {"error": error}, error=error)

@@ -15,11 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
-from approvals.models import Approval, Run, RunEvent, utcnow
+from approvals.models import Approval, Run, utcnow
 from approvals.policy import FAIL_DEFAULT, check_decision_schema
 from approvals.schemas import ApprovalPolicy, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import move_run
+from approvals.transitions import add_event, move_run
 from hitl import completion, lookback
 from hitl.canvas import as_sig_list
 from hitl.ids import new_id
@@ -208,18 +208,17 @@ def wait_for_approval(
     )
     s.flush()
     move_run(s, run_id, RunStatus.WAITING)
-    s.add(
-        RunEvent(
-            run_id=run_id,
-            kind=EventKind.WAITING,
-            name=key,
-            task_id=request.id,
-            detail={
-                "approval_id": approval_id,
-                "deadline": (now + seconds).isoformat(),
-                "assignees": list(assignees),
-            },
-        )
+    add_event(
+        s,
+        run_id=run_id,
+        kind=EventKind.WAITING,
+        name=key,
+        task_id=request.id,
+        detail={
+            "approval_id": approval_id,
+            "deadline": (now + seconds).isoformat(),
+            "assignees": list(assignees),
+        },
     )
     return approval_id
 
@@ -232,19 +231,18 @@ def _go_on_or_wait(s: Session, request: Any, approval: Approval, run_id: str) ->
     if approval.status is ApprovalStatus.CANCELLED:
         raise Stop(RunStatus.CANCELLED, {"approval_id": approval.id}, reason="the approval was cancelled")
     decision = completion.decision_of(approval).model_copy(update={"run_id": run_id})
-    s.add(
-        RunEvent(
-            run_id=run_id,
-            kind=EventKind.RESOLVED,
-            name=approval.key,
-            detail={
-                "approval_id": approval.id,
-                "outcome": decision.outcome.value,
-                "actor": decision.actor,
-                "comment": decision.comment,
-                "decided_ahead": True,
-            },
-        )
+    add_event(
+        s,
+        run_id=run_id,
+        kind=EventKind.RESOLVED,
+        name=approval.key,
+        detail={
+            "approval_id": approval.id,
+            "outcome": decision.outcome.value,
+            "actor": decision.actor,
+            "comment": decision.comment,
+            "decided_ahead": True,
+        },
     )
     sigs = completion.continuation_of(s, approval, decision)
     if not sigs:  # the run ended with the outcome (nothing after the wait, or a failed default)

@@ -1,21 +1,24 @@
 """Server-sent event streams: replay from the timeline, then follow the live channel.
 
 Each stream subscribes first, replays the timeline rows after ``Last-Event-ID`` from the database, then
-yields live events it has not replayed, so a client that reconnects misses nothing. The generators are
-sync (they run in a worker thread); when idle they yield a comment every few seconds, which is also when
-a closed client is noticed.
+yields live events it has not replayed, so a client that reconnects misses nothing. Publishers learn of a
+new subscriber only within :data:`~hitl.events.LISTENERS_REFRESH_SECONDS`, so each stream reads the
+timeline once more :data:`~hitl.events.CATCH_UP_AFTER_SECONDS` after subscribing and yields what it has not
+seen. The generators are sync (they run in a worker thread); when idle they yield a comment every few
+seconds, which is also when a closed client is noticed.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 from sse_starlette import ServerSentEvent
 
 from approvals.status import EventKind
 from hitl import views
-from hitl.events import INBOX_CHANNEL, INBOX_KINDS, LiveEvent, Subscription, run_channel
+from hitl.events import CATCH_UP_AFTER_SECONDS, INBOX_CHANNEL, INBOX_KINDS, LiveEvent, Subscription, run_channel
 
 #: Seconds between keep-alive comments on an idle stream.
 IDLE_SECONDS = 5.0
@@ -43,21 +46,38 @@ def _follow(
     keep: Callable[[LiveEvent], bool],
     done: Callable[[LiveEvent], bool],
 ) -> Iterator[ServerSentEvent]:
+    # Ids above ``last_id`` yielded until the catch-up (live events may arrive out of id order, and a replay
+    # may return what already came live). After it only pub/sub delivers, each message once: the set stops
+    # growing.
+    sent: set[int] = set()
+    catch_up_at: float | None = sub.subscribed_at + CATCH_UP_AFTER_SECONDS
+
+    def fresh(events: list[LiveEvent]) -> Iterator[LiveEvent]:
+        for ev in events:
+            if ev["id"] > last_id and ev["id"] not in sent and keep(ev):
+                if catch_up_at is not None:
+                    sent.add(ev["id"])
+                yield ev
+
     try:
-        for ev in replay(last_id):
-            last_id = ev["id"]
-            if keep(ev):
+        for ev in fresh(replay(last_id)):
+            yield _sse(ev)
+            if done(ev):
+                return
+        while True:
+            wait = IDLE_SECONDS if catch_up_at is None else max(0.0, min(IDLE_SECONDS, catch_up_at - time.monotonic()))
+            live = sub.get(wait)
+            if live is not None:
+                batch = list(fresh([live]))
+            elif catch_up_at is not None and time.monotonic() >= catch_up_at:
+                batch = list(fresh(replay(last_id)))
+                catch_up_at = None
+            else:
+                yield ServerSentEvent(comment="idle")
+                continue
+            for ev in batch:
                 yield _sse(ev)
                 if done(ev):
-                    return
-        while True:
-            live = sub.get(IDLE_SECONDS)
-            if live is None:
-                yield ServerSentEvent(comment="idle")
-            elif live["id"] > last_id and keep(live):
-                last_id = live["id"]
-                yield _sse(live)
-                if done(live):
                     return
     finally:
         sub.close()
@@ -91,10 +111,12 @@ def approval_stream(run_id: str, approval_id: str, last_id: int) -> Iterator[Ser
 
 def inbox_stream(last_id: int) -> Iterator[ServerSentEvent]:
     """Approval lifecycle events of every run; replays only when the client sends ``Last-Event-ID``."""
-    return _stream(
-        INBOX_CHANNEL,
-        lambda after: views.events_after(None, after, INBOX_KINDS) if after else [],
-        last_id,
+    sub = Subscription(INBOX_CHANNEL)
+    # A new client (no Last-Event-ID) starts at the newest event; its catch-up reads from there.
+    return _follow(
+        sub,
+        lambda after: views.events_after(None, after, INBOX_KINDS),
+        last_id or views.last_event_id(),
         keep=lambda ev: True,
         done=lambda ev: False,
     )
