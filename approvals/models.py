@@ -176,8 +176,9 @@ class DecisionRecord(Base):
 class StepRecord(Base):
     """One step execution, keyed by its deterministic task id: how a second delivery is told from the first.
 
-    ``attempt`` counts claims; finishing is a compare-and-set on ``(task_id, status='started', attempt)``, so
-    of two overlapping attempts only the one that claimed last can finish.
+    Written once, when the step is done (``INSERT ... ON CONFLICT DO NOTHING`` on ``task_id``): of two
+    overlapping deliveries the first to finish wins (see :mod:`hitl.steplog`). ``attempt`` is 1 + the Celery
+    retries of the delivery that finished.
     """
 
     __tablename__ = "hitl_steps"

@@ -46,7 +46,7 @@ class ApprovalStatus(StrEnum):
 class StepStatus(StrEnum):
     """Where one delivery-independent step execution (keyed by its deterministic task id) stands."""
 
-    STARTED = "started"  # claimed by an attempt; a later attempt may claim it again
+    STARTED = "started"  # begun (records of the earlier claim-first protocol only); any delivery may finish it
     FINISHED = "finished"  # returned; the chain goes on with its stored result
     WAITING = "waiting"  # a wait step that stored its approval and ended the chain
     REPLACED = "replaced"  # replaced by another canvas (Task.replace); the replacement is in the outbox

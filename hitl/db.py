@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,11 +44,19 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+#: Execution option of a connection that only reads (:func:`read_scope`): on SQLite its transaction is a
+#: plain (deferred) BEGIN, which in WAL mode takes no lock and waits for no writer.
+READ_ONLY = "hitl_read_only"
+
+
 def _on_sqlite_begin(conn: Any) -> None:
+    raw = conn.connection.dbapi_connection
+    if conn.get_execution_options().get(READ_ONLY):
+        raw.execute("BEGIN")
+        return
     # SQLite's own busy handler sleeps 1, 2, 5, 10, ... up to 100 ms between tries: a transaction queued
     # behind another writer for a moment then waits tens of milliseconds. Queue for the write lock here
     # instead, polling every 0.1 ms to 2 ms, up to the same busy timeout.
-    raw = conn.connection.dbapi_connection
     raw.execute("PRAGMA busy_timeout=0")
     try:
         delay, deadline = SQLITE_LOCK_POLL_SECONDS[0], time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -99,6 +107,23 @@ def reset_engine() -> None:
     if _engine is not None:
         _engine.dispose()
     _engine, _factory = None, None
+
+
+@contextmanager
+def read_scope() -> Iterator[Connection]:
+    """Yield a connection for reads only (Core statements), in a transaction rolled back at the end.
+
+    On SQLite it takes no write lock (see :data:`READ_ONLY`); writing through it is a mistake.
+
+    Raises:
+        InfrastructureError: the database failed (raised from the SQLAlchemy error).
+    """
+    try:
+        with get_engine().connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            yield conn
+    except SQLAlchemyError as exc:
+        raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
 
 @contextmanager

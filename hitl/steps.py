@@ -91,7 +91,8 @@ class Step(Task):  # type: ignore[misc]
     the message is delivered. Without it a step's effects are at-least-once and should be idempotent.
 
     A step sends the rest of its chain itself, through the outbox (:mod:`hitl.steplog`); Celery's own
-    chain dispatch is switched off for it.
+    chain dispatch is switched off for it. Each delivery costs one read before the body and one write
+    transaction after it (see :mod:`hitl.steplog`).
     """
 
     #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
@@ -108,7 +109,7 @@ class Step(Task):  # type: ignore[misc]
         request = self.request
         rest = [dict(sig) for sig in reversed(request.chain or [])]
         request.hitl_rest = rest
-        c = steplog.claim(run_id, self.name, request.id)
+        c = steplog.check(run_id, self.name, request.id, attempt=(request.retries or 0) + 1)
         if c.skip:
             _end_chain(request)
             return None
@@ -121,8 +122,9 @@ class Step(Task):  # type: ignore[misc]
             kwargs[RUN_ID_KWARG] = run_id
         try:
             model = self._decision_model()
-            result, row = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs, rest)
-        except steplog.LostClaim:  # a later attempt owns this step now and sends what follows
+            with steplog.running(request.id):
+                result, row = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs, rest)
+        except steplog.LostClaim:  # another delivery finished this step first and sent what follows
             _end_chain(request)
             return None
         # The step completed: hitl sends what follows itself, through the outbox, not Celery. (On an
@@ -204,7 +206,8 @@ class Step(Task):  # type: ignore[misc]
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get(RUN_ID_KWARG)
         if run_id is not None:
-            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}")
+            attempt = (self.request.retries or 0) + 1
+            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}", attempt)
 
 
 def step(*args: Any, **options: Any) -> Any:
