@@ -216,3 +216,17 @@ def flaky(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
 def flaky_flow(payload: dict[str, Any]) -> Any:
     """flaky (fails twice, retried with backoff) | effect b | effect c."""
     return flaky.s(payload) | chaos_effect.s(label="b") | chaos_effect.s(label="c")
+
+
+@hitl.step(name="tests.slow", bind=True)
+def slow(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
+    """Record one effect per execution of the body, then sleep ``payload["seconds"]`` (a long step)."""
+    record("slow", run_id, self.request.id, payload)
+    time.sleep(float(payload["seconds"]))
+    return "slept"
+
+
+@hitl.workflow("slow")
+def slow_flow(payload: dict[str, Any]) -> Any:
+    """One long step."""
+    return slow.s(payload)

@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import func, select
 
 import hitl
-from approvals.models import Approval, DecisionRecord, StepRecord
+from approvals.models import Approval, DecisionRecord, OutboxMessage, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
 from hitl.db import session_scope
-from tests.flows import Attempt, EffectRow, create_test_tables
+from tests.flows import Attempt, EffectRow, create_test_tables, effects
 from tests.support import FIGURES, ROOT, Stack, running_stack, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -333,3 +333,15 @@ def test_step_failing_twice_then_succeeding_runs_later_steps_once_in_order(fstac
     ]
     assert_exactly_once([run_id], labels="bc")
     assert json.dumps(run.result)  # the chain's last result is stored
+
+
+def test_a_step_running_longer_than_redeliver_after_is_not_sent_again(fstack: Stack) -> None:
+    """The relay re-sends a message that no step finished within HITL_REDELIVER_AFTER (5 s here), but not the
+    message of a step still running: a running step marks its message delivered (hitl.steplog's watcher)."""
+    run_id = hitl.start("slow", {"seconds": 6.5})
+    run = wait_for(lambda: (r := hitl.get_run(run_id)).status.terminal and r, 60, "slow run to finish")
+    assert run.status is RunStatus.SUCCEEDED
+    assert len(effects(run_id, "slow")) == 1
+    with session_scope() as s:
+        resent = s.scalar(select(OutboxMessage.attempts).where(OutboxMessage.task_id == f"{run_id}.start"))
+    assert resent == 0
