@@ -220,7 +220,7 @@ def finish(
 
 
 # A step that runs long gets its message marked delivered from a per-process thread (see module docstring).
-_current: tuple[str, float] | None = None  # (task id, time.monotonic() at start) of the step running here
+_running: dict[str, float] = {}  # task id -> time.monotonic() at start, of the steps running in this process
 _watcher_pid = 0
 
 
@@ -232,32 +232,37 @@ def watch_interval() -> float:
 
 @contextlib.contextmanager
 def running(task_id: str) -> Iterator[None]:
-    """Mark step ``task_id`` as running in this process for the duration (see :func:`watch_interval`)."""
-    global _current, _watcher_pid
+    """Note step ``task_id`` as running in this process for the duration (see :func:`watch_interval`)."""
+    global _watcher_pid
     if _watcher_pid != os.getpid():
         _watcher_pid = os.getpid()
+        _running.clear()
         threading.Thread(target=_watch, name="hitl-step-watch", daemon=True).start()
-    _current = (task_id, time.monotonic())
+    _running[task_id] = time.monotonic()
     try:
         yield
     finally:
-        _current = None
+        _running.pop(task_id, None)
 
 
 def _watch() -> None:
-    marked: str | None = None
+    marked: set[str] = set()
     while True:
         interval = watch_interval()
         time.sleep(interval)
-        current = _current
-        if current is None or current[0] == marked or time.monotonic() - current[1] < interval:
+        now = time.monotonic()
+        long_running = [t for t, started in list(_running.items()) if now - started >= interval]
+        marked &= set(long_running)
+        due = [t for t in long_running if t not in marked]
+        if not due:
             continue
         try:
             with session_scope() as s:
-                outbox.mark_delivered(s, current[0])
-            marked = current[0]
+                for task_id in due:
+                    outbox.mark_delivered(s, task_id)
+            marked.update(due)
         except Exception as exc:  # the next pass tries again; nothing else depends on this thread
-            log.warning("could not mark the message of running step %s delivered: %s", current[0], exc)
+            log.warning("could not mark the messages of running steps %s delivered: %s", due, exc)
 
 
 def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
