@@ -213,7 +213,7 @@ class RunEvent(Base):
 class OutboxMessage(Base):
     """A Celery message written in the same transaction as the state change that calls for it.
 
-    See :mod:`hitl.outbox` for its life: sent after commit, delivered when its step claims it, re-sent by the
+    See :mod:`hitl.outbox` for its life: sent after commit, delivered when its step finishes, re-sent by the
     relay otherwise. ``task_id`` is deterministic so the receiving step can tell a second delivery.
     """
 

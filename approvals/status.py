@@ -145,7 +145,7 @@ APPROVAL_TRANSITIONS: dict[ApprovalStatus, frozenset[ApprovalStatus]] = {
 
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
-    # STARTED -> STARTED is a new attempt claiming the step after a crash or a retry.
+    # (Records of the earlier claim-first protocol: any delivery may finish a STARTED step.)
     StepStatus.STARTED: frozenset(
         {
             StepStatus.STARTED,

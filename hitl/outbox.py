@@ -5,8 +5,8 @@ Life of a row (``hitl_outbox``):
 
 1. Written in the caller's transaction with ``sent_at`` set (optimistically: the publish follows the commit).
 2. Published after commit. If publishing fails (broker down), ``sent_at`` is cleared.
-3. ``delivered_at`` is set in the transaction in which the receiving step claims its task id
-   (:mod:`hitl.steplog`): from then on the row is done.
+3. ``delivered_at`` is set in the transaction in which the receiving step finishes (or is skipped), or
+   earlier by the step watcher when the step runs long (:mod:`hitl.steplog`): from then on the row is done.
 
 The relay (beat every ``HITL_RELAY_INTERVAL`` s, and once when a worker starts) publishes rows that are
 unsent after ``HITL_RELAY_GRACE`` s, and re-publishes rows sent but not delivered after
@@ -147,7 +147,7 @@ def _send(rows: list[OutboxMessage]) -> tuple[int, Exception | None]:
 
 
 def mark_delivered(session: Session, task_id: str) -> None:
-    """In the receiving step's claim transaction: the message of ``task_id`` arrived."""
+    """In ``session``: the message of ``task_id`` arrived (its step finished, was skipped, or runs long)."""
     session.execute(_MARK_DELIVERED, {"b_task_id": task_id, "b_now": utcnow()})
 
 
