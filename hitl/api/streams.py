@@ -2,9 +2,10 @@
 
 Each stream subscribes first, replays the timeline rows after ``Last-Event-ID`` from the database, then
 yields live events it has not replayed, so a client that reconnects misses nothing. Publishers learn of a
-new subscriber only within :data:`~hitl.events.LISTENERS_REFRESH_SECONDS`, so each stream reads the
-timeline once more :data:`~hitl.events.CATCH_UP_AFTER_SECONDS` after subscribing and yields what it has not
-seen. The generators are sync (they run in a worker thread); when idle they yield a comment every few
+new subscriber only within :data:`~hitl.events.LISTENERS_REFRESH_SECONDS`, so until
+:data:`~hitl.events.CATCH_UP_AFTER_SECONDS` after subscribing a stream answers a live event by reading the
+timeline (which also has what a publisher skipped, in id order), and reads it once more at the end of that
+window. The generators are sync (they run in a worker thread); when idle they yield a comment every few
 seconds, which is also when a closed client is noticed.
 """
 
@@ -46,39 +47,40 @@ def _follow(
     keep: Callable[[LiveEvent], bool],
     done: Callable[[LiveEvent], bool],
 ) -> Iterator[ServerSentEvent]:
-    # Ids above ``last_id`` yielded until the catch-up (live events may arrive out of id order, and a replay
-    # may return what already came live). After it only pub/sub delivers, each message once: the set stops
-    # growing.
+    # Ids above ``last_id`` yielded until the catch-up (a replay may return what already came live). After it
+    # only pub/sub delivers, each message once: the set stops growing.
     sent: set[int] = set()
     catch_up_at: float | None = sub.subscribed_at + CATCH_UP_AFTER_SECONDS
 
-    def fresh(events: list[LiveEvent]) -> Iterator[LiveEvent]:
-        for ev in events:
-            if ev["id"] > last_id and ev["id"] not in sent and keep(ev):
-                if catch_up_at is not None:
-                    sent.add(ev["id"])
-                yield ev
+    def fresh(events: list[LiveEvent]) -> list[LiveEvent]:
+        out = [ev for ev in events if ev["id"] > last_id and ev["id"] not in sent and keep(ev)]
+        if catch_up_at is not None:
+            sent.update(ev["id"] for ev in out)
+        return out
+
+    def next_batch() -> list[LiveEvent] | None:
+        """The next events to send, or None when the stream was idle for a while."""
+        nonlocal catch_up_at
+        wait = IDLE_SECONDS if catch_up_at is None else max(0.0, min(IDLE_SECONDS, catch_up_at - time.monotonic()))
+        live = sub.get(wait)
+        if catch_up_at is not None and (live is not None or time.monotonic() >= catch_up_at):
+            # Until every publisher surely knows of this stream, a live event only says "read the timeline":
+            # it holds every committed event, the live one included, in id order.
+            if time.monotonic() >= catch_up_at:
+                catch_up_at = None
+            return fresh(replay(last_id))
+        return None if live is None else fresh([live])
 
     try:
-        for ev in fresh(replay(last_id)):
-            yield _sse(ev)
-            if done(ev):
-                return
+        batch: list[LiveEvent] | None = fresh(replay(last_id))
         while True:
-            wait = IDLE_SECONDS if catch_up_at is None else max(0.0, min(IDLE_SECONDS, catch_up_at - time.monotonic()))
-            live = sub.get(wait)
-            if live is not None:
-                batch = list(fresh([live]))
-            elif catch_up_at is not None and time.monotonic() >= catch_up_at:
-                batch = list(fresh(replay(last_id)))
-                catch_up_at = None
-            else:
+            if batch is None:
                 yield ServerSentEvent(comment="idle")
-                continue
-            for ev in batch:
+            for ev in batch or []:
                 yield _sse(ev)
                 if done(ev):
                     return
+            batch = next_batch()
     finally:
         sub.close()
 
