@@ -53,10 +53,13 @@ def _follow(
     catch_up_at: float | None = sub.subscribed_at + CATCH_UP_AFTER_SECONDS
 
     def fresh(events: list[LiveEvent]) -> list[LiveEvent]:
-        out = [ev for ev in events if ev["id"] > last_id and ev["id"] not in sent and keep(ev)]
+        out: dict[int, LiveEvent] = {}
+        for ev in sorted(events, key=lambda ev: ev["id"]):
+            if ev["id"] > last_id and ev["id"] not in sent and keep(ev):
+                out[ev["id"]] = ev
         if catch_up_at is not None:
-            sent.update(ev["id"] for ev in out)
-        return out
+            sent.update(out)
+        return list(out.values())
 
     def next_batch() -> list[LiveEvent] | None:
         """The next events to send, or None when the stream was idle for a while."""
@@ -66,9 +69,10 @@ def _follow(
         if catch_up_at is not None and (live is not None or time.monotonic() >= catch_up_at):
             # Until every publisher surely knows of this stream, a live event only says "read the timeline":
             # it holds every committed event, the live one included, in id order.
+            batch = fresh(replay(last_id) + ([live] if live is not None else []))  # (noted in ``sent``)
             if time.monotonic() >= catch_up_at:
                 catch_up_at = None
-            return fresh(replay(last_id))
+            return batch
         return None if live is None else fresh([live])
 
     try:

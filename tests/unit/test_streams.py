@@ -1,0 +1,63 @@
+"""The SSE follow loop: a stream misses nothing a publisher skipped before it knew of the subscriber."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hitl.api import streams
+from hitl.events import LiveEvent
+
+
+def _ev(i: int, kind: str) -> LiveEvent:
+    return LiveEvent(type="hitl.event", id=i, run_id="r", kind=kind, name="", task_id=None, detail={}, at="")
+
+
+class _Sub:
+    """Live events as a subscription would deliver them (a list; then nothing)."""
+
+    def __init__(self, live: list[LiveEvent]) -> None:
+        self.live = list(live)
+        self.subscribed_at = time.monotonic()
+        self.closed = False
+
+    def get(self, timeout: float) -> LiveEvent | None:
+        if self.live:
+            return self.live.pop(0)
+        time.sleep(min(timeout, 0.01))
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _ids(sub: _Sub, timeline: list[LiveEvent], last_id: int = 0) -> list[int]:
+    def replay(after: int) -> list[LiveEvent]:
+        return [ev for ev in timeline if ev["id"] > after]
+
+    follow = streams._follow(sub, replay, last_id, keep=lambda ev: True, done=lambda ev: ev["kind"] == "run_finished")  # type: ignore[arg-type]
+    return [int(e.id) for e in follow if e.id is not None]
+
+
+def test_a_run_stream_ending_early_still_sends_what_a_publisher_skipped() -> None:
+    # Replayed at subscribe: 1, 2. Then 3 (input_resolved) is committed by a process that did not yet know of
+    # the subscriber (not published); 4 and 5 come live. The stream ends on 5 with 3 included, in id order.
+    timeline = [_ev(1, "created"), _ev(2, "waiting_for_input")]
+    sub = _Sub([_ev(4, "step_finished"), _ev(5, "run_finished")])
+    timeline += [_ev(3, "input_resolved"), _ev(4, "step_finished"), _ev(5, "run_finished")]
+    assert _ids(sub, timeline) == [1, 2, 3, 4, 5]
+    assert sub.closed
+
+
+def test_live_events_already_replayed_are_not_sent_twice() -> None:
+    timeline = [_ev(1, "created"), _ev(2, "step_finished"), _ev(3, "run_finished")]
+    sub = _Sub([_ev(2, "step_finished"), _ev(3, "run_finished")])
+    assert _ids(sub, timeline, last_id=1) == [2, 3]
+
+
+def test_after_the_window_live_events_are_sent_as_they_come(monkeypatch: Any) -> None:
+    monkeypatch.setattr(streams, "CATCH_UP_AFTER_SECONDS", 0.0)
+    timeline = [_ev(1, "created")]
+    sub = _Sub([_ev(2, "step_finished"), _ev(3, "run_finished")])
+    # The window is over at once: one catch-up read (nothing new), then the live events themselves.
+    assert _ids(sub, timeline) == [1, 2, 3]
