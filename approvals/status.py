@@ -13,8 +13,10 @@ from enum import StrEnum
 class RunStatus(StrEnum):
     """Where a run of a workflow stands."""
 
-    PENDING = "pending"  # created; the first step has not started yet
-    RUNNING = "running"  # a step is queued or executing
+    # Like Celery's PENDING without task_track_started, a run is not marked when its first step starts
+    # (that would be a write transaction per run, ~10 % of a short workflow's throughput).
+    PENDING = "pending"  # created; its first step is queued or executing and has not finished
+    RUNNING = "running"  # past its first step (or resumed by a decision): a step is queued or executing
     WAITING = "waiting"  # parked at a waitpoint; only database rows hold it
     SUCCEEDED = "succeeded"  # the chain ran to its end
     REJECTED = "rejected"  # a step ended the run because a person said no

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
 from approvals.models import Blob
-from hitl.db import session_scope
+from hitl.db import read_session
 from hitl.settings import get_settings
 
 REF_TAG = "hitl.ref"
@@ -58,7 +58,7 @@ def resolve(value: Any) -> Any:
     """
     if not is_ref(value):
         return value
-    with session_scope() as s:
+    with read_session() as s:
         row = s.execute(select(Blob.data).where(Blob.sha256 == value["sha256"])).one_or_none()
     if row is None:
         raise InvalidPayload(f"stored input {value['sha256']} is missing from hitl_blobs")

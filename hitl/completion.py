@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,7 +32,7 @@ from approvals.transitions import (
     why_not_pending,
 )
 from hitl import audit, groups, outbox
-from hitl.db import session_scope
+from hitl.db import read_session, session_scope
 from hitl.jsonsafe import check_size
 
 #: Actor recorded on decisions made by the deadline sweep.
@@ -42,6 +42,11 @@ _TERMINAL_FOR = {
     Outcome.REJECTED: RunStatus.REJECTED,
     Outcome.TIMED_OUT: RunStatus.TIMED_OUT,
 }
+#: The decision row, by a Core INSERT (no ORM unit of work on the decision path).
+_INSERT_DECISION = insert(cast(Table, DecisionRecord.__table__))
+_ADMIT_COLUMNS = select(Approval.policy, Approval.requester, Approval.assignees, Approval.status, Approval.stage).where(
+    Approval.id == bindparam("approval_id")
+)
 
 
 def decide(
@@ -182,11 +187,10 @@ def _admit(
         NotAllowed: not an assignee (users or group members) of the current stage, or the requester of a
             wait that forbids it (recorded in the run's timeline as ``decision_refused``).
     """
-    with session_scope() as s:
-        approval = s.get(Approval, approval_id)
-        if approval is None:
-            raise ApprovalNotFound(f"no approval has id {approval_id!r}")
-        s.expunge(approval)
+    with read_session() as s:  # only the columns the checks need (not the subject or the continuation)
+        approval = s.execute(_ADMIT_COLUMNS, {"approval_id": approval_id}).one_or_none()
+    if approval is None:
+        raise ApprovalNotFound(f"no approval has id {approval_id!r}")
     policy = ApprovalPolicy.model_validate(approval.policy or {})
     if policy.forbid_requester and approval.requester == actor:
         raise refuse(
@@ -489,16 +493,17 @@ def _record(
     defaulted: bool,
     votes: list[VoteView] | None = None,
 ) -> Decision:
-    s.add(
-        DecisionRecord(
-            approval_id=approval.id,
-            outcome=outcome.value,
-            data=data,
-            actor=actor,
-            comment=comment,
-            channel=channel,
-            decided_at=now,
-        )
+    s.execute(
+        _INSERT_DECISION,
+        {
+            "approval_id": approval.id,
+            "outcome": outcome.value,
+            "data": data,
+            "actor": actor,
+            "comment": comment,
+            "channel": channel,
+            "decided_at": now,
+        },
     )
     if approval.run_id is not None:
         add_event(

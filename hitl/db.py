@@ -29,6 +29,7 @@ SQLITE_LOCK_POLL_SECONDS = (0.0001, 0.002)
 
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
+_read_factory: sessionmaker[Session] | None = None
 _pid = 0
 
 
@@ -85,13 +86,14 @@ def make_engine(url: str) -> Engine:
 
 def get_engine() -> Engine:
     """Return this process's engine, creating it (again, after a fork) when needed."""
-    global _engine, _factory, _pid
+    global _engine, _factory, _read_factory, _pid
     if _engine is None or _pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
         fresh = _engine is None
         _engine = make_engine(get_settings().resolved_database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
+        _read_factory = sessionmaker(_engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         events.install(_factory)
         _pid = os.getpid()
         if fresh and get_settings().auto_migrate:
@@ -103,10 +105,10 @@ def get_engine() -> Engine:
 
 def reset_engine() -> None:
     """Forget this process's engine (the next use creates one from the current settings)."""
-    global _engine, _factory
+    global _engine, _factory, _read_factory
     if _engine is not None:
         _engine.dispose()
-    _engine, _factory = None, None
+    _engine, _factory, _read_factory = None, None, None
 
 
 @contextmanager
@@ -124,6 +126,27 @@ def read_scope() -> Iterator[Connection]:
             yield conn
     except SQLAlchemyError as exc:
         raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+
+
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """Yield an ORM session for reads only, rolled back and closed at the end.
+
+    On SQLite its transaction takes no write lock (see :data:`READ_ONLY`), so it neither waits for a
+    writer nor makes one wait; writing through it is a mistake.
+
+    Raises:
+        InfrastructureError: the database failed (raised from the SQLAlchemy error).
+    """
+    get_engine()
+    assert _read_factory is not None
+    session = _read_factory()
+    try:
+        yield session
+    except SQLAlchemyError as exc:
+        raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        session.close()
 
 
 @contextmanager

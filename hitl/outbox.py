@@ -33,7 +33,7 @@ from approvals.models import OutboxMessage, utcnow
 from hitl.app import app
 from hitl.broker import ensure_broker
 from hitl.canvas import apply_chain
-from hitl.db import session_scope
+from hitl.db import read_session, session_scope
 from hitl.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def mark_delivered(session: Session, task_id: str) -> None:
 def republish_undelivered(task_id: str) -> int:
     """Publish again the row of ``task_id`` if it was never delivered (used when a duplicate step delivery
     suggests the process that should have published it died)."""
-    with session_scope() as s:
+    with read_session() as s:
         rows = list(
             s.scalars(
                 select(OutboxMessage).where(OutboxMessage.task_id == task_id, OutboxMessage.delivered_at.is_(None))
@@ -204,6 +204,6 @@ def relay(grace_seconds: float | None = None) -> int:
 
 def is_sent(task_id: str) -> bool | None:
     """Whether the outbox row of ``task_id`` was published (None: there is no such row)."""
-    with session_scope() as s:
+    with read_session() as s:
         row = s.execute(select(OutboxMessage.sent_at).where(OutboxMessage.task_id == task_id)).one_or_none()
     return None if row is None else row[0] is not None

@@ -4,7 +4,7 @@ Every step message has a deterministic task id (see :func:`hitl.canvas.child_tas
 relay re-send or a retry of the same step carries the same id. Before the body runs, :func:`check` reads
 the run and the step record (a read: no write lock, no transaction to commit): a step of a finished or
 cancelled run is skipped, and a step that already finished returns its stored result without running the
-body. After the body, :func:`finish` inserts the record (``INSERT ... ON CONFLICT DO NOTHING``) in one
+body. After the body, :func:`finish` inserts the record (``INSERT ... ON CONFLICT``, never over a finished one) in one
 transaction with the timeline entry, the run's status, the message that follows and — for
 ``transactional=True`` steps — the step's own database writes. Of two deliveries that run at the same time,
 the first to finish wins; the other's transaction rolls back (:class:`LostClaim`), so what follows a step is
@@ -13,9 +13,10 @@ at-least-once and should be idempotent), as with any acks-late Celery task.
 
 One write transaction per step is the design (a claim written before the body as well cost a second one,
 about 15 % of throughput on SQLite). Two consequences are handled here: a run moves from ``pending`` to
-``running`` when its first step starts (a write done for that step only), and a step still running after
-:func:`watch_interval` seconds has its message marked delivered by a background thread, so the outbox relay
-never sends a running step's message again (:mod:`hitl.outbox`).
+``running`` when its first step finishes, in that step's transaction (a separate write when it starts cost
+another ~8 % of a 3-step workflow's throughput), and a step still running after :func:`watch_interval`
+seconds has its message marked delivered by a background thread, so the outbox relay never sends a running
+step's message again (:mod:`hitl.outbox`).
 
 A step never lets Celery send the rest of its chain: the next link (or a replacement canvas) is written to
 the outbox in the completion transaction and published after commit (:mod:`hitl.outbox`), so a crash or a
@@ -97,13 +98,16 @@ class Claim:
     result: Any = None
     #: For a finished step: the task id of the message its completion put in the outbox.
     next_task_id: str | None = None
+    #: The run was pending when this delivery checked it (its first step): :func:`finish` moves it on.
+    first: bool = False
 
 
 def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
     """Say whether the body of step ``task_id`` of run ``run_id`` should run (one read, see module docstring).
 
-    Writes only when the run is pending (this is its first step: the run becomes running) or when the step
-    is skipped (its run ended: the skip goes to the timeline and its message is marked delivered).
+    Writes only when the step is skipped (its run ended: the skip goes to the timeline and its message is
+    marked delivered). A pending run is not marked running here but when its first step finishes
+    (:func:`finish`), in that step's transaction.
 
     Args:
         run_id: the run the step belongs to.
@@ -132,10 +136,7 @@ def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
             result=result,
             next_task_id=next_task_id,
         )
-    if run_status is RunStatus.PENDING:
-        with session_scope() as s:
-            move_run(s, run_id, RunStatus.RUNNING)
-    return Claim(run_id, task_id, name, attempt, now)
+    return Claim(run_id, task_id, name, attempt, now, first=run_status is RunStatus.PENDING)
 
 
 def _skip(run_id: str, name: str, task_id: str, status: RunStatus | None) -> None:
@@ -214,6 +215,8 @@ def finish(
         )
     if end_of_chain:
         end_run(s, c.run_id, RunStatus.SUCCEEDED, result=result)
+    elif c.first and send:  # the run's first step: pending → running (a wait moves it to waiting itself)
+        move_run(s, c.run_id, RunStatus.RUNNING)
     if send and next_id:
         return outbox.enqueue(s, c.run_id, next_id, send[0], send[1])
     return None

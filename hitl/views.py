@@ -14,7 +14,7 @@ from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
 from approvals.models import Approval, Notification, Run, RunEvent, utcnow
 from approvals.schemas import ApprovalView, DecisionView, EventView, NotificationView, Outcome, RunView, VoteView
 from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
-from hitl.db import session_scope
+from hitl.db import read_session
 from hitl.events import LiveEvent, live_event
 from hitl.settings import get_settings
 
@@ -100,7 +100,7 @@ def list_approvals(
         stmt = stmt.where(
             or_(Approval.created_at > created, and_(Approval.created_at == created, Approval.id > last_id))
         )
-    with session_scope() as s:
+    with read_session() as s:
         return [_approval_view(a, wf) for a, wf in s.execute(stmt)]
 
 
@@ -127,13 +127,13 @@ def events_after(run_id: str | None, after_id: int, kinds: frozenset[EventKind] 
         stmt = stmt.where(RunEvent.run_id == run_id)
     if kinds is not None:
         stmt = stmt.where(RunEvent.kind.in_(kinds))
-    with session_scope() as s:
+    with read_session() as s:
         return [live_event(e) for e in s.scalars(stmt)]
 
 
 def last_event_id() -> int:
     """Return the id of the newest timeline event (0 when there is none)."""
-    with session_scope() as s:
+    with read_session() as s:
         return int(s.scalar(select(func.max(RunEvent.id))) or 0)
 
 
@@ -143,7 +143,7 @@ def get_approval(approval_id: str) -> ApprovalView:
     Raises:
         ApprovalNotFound: no approval has that id.
     """
-    with session_scope() as s:
+    with read_session() as s:
         row = s.execute(
             select(Approval, Run.workflow)
             .outerjoin(Run, Run.id == Approval.run_id)
@@ -185,7 +185,7 @@ def list_runs(status: RunStatus | None = None, workflow: str | None = None, limi
         stmt = stmt.where(Run.status == status)
     if workflow:
         stmt = stmt.where(Run.workflow == workflow)
-    with session_scope() as s:
+    with read_session() as s:
         return [_run_view(s, r, full=False) for r in s.scalars(stmt)]
 
 
@@ -195,7 +195,7 @@ def get_run(run_id: str) -> RunView:
     Raises:
         RunNotFound: no run has that id.
     """
-    with session_scope() as s:
+    with read_session() as s:
         run = s.scalar(
             select(Run)
             .where(Run.id == run_id)
@@ -227,7 +227,7 @@ def list_notifications(approval_id: str | None = None, limit: int = 100) -> list
     max_attempts = get_settings().notify_max_attempts
     now = utcnow()
     stmt = select(Notification).order_by(Notification.id.desc()).limit(limit)
-    with session_scope() as s:
+    with read_session() as s:
         if approval_id is not None:
             if s.get(Approval, approval_id) is None:
                 raise ApprovalNotFound(f"no approval has id {approval_id!r}")

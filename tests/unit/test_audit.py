@@ -23,7 +23,7 @@ def append(n: int) -> list[int]:
     ids = []
     for i in range(n):
         with session_scope() as s:
-            entry = audit.record(
+            entry_id = audit.record(
                 s,
                 action="decide",
                 actor=f"user{i}",
@@ -33,7 +33,7 @@ def append(n: int) -> list[int]:
                 comment=f"comment {i}",
                 payload={"i": i},
             )
-            ids.append(entry.id)
+            ids.append(entry_id)
     return ids
 
 
