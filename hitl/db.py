@@ -111,6 +111,10 @@ def reset_engine() -> None:
     _engine, _factory, _read_factory = None, None, None
 
 
+def _db_error(exc: SQLAlchemyError) -> InfrastructureError:
+    return InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}")
+
+
 @contextmanager
 def read_scope() -> Iterator[Connection]:
     """Yield a connection for reads only (Core statements), in a transaction rolled back at the end.
@@ -125,7 +129,7 @@ def read_scope() -> Iterator[Connection]:
             conn.execution_options(**{READ_ONLY: True})
             yield conn
     except SQLAlchemyError as exc:
-        raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        raise _db_error(exc) from exc
 
 
 @contextmanager
@@ -144,7 +148,7 @@ def read_session() -> Iterator[Session]:
     try:
         yield session
     except SQLAlchemyError as exc:
-        raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        raise _db_error(exc) from exc
     finally:
         session.close()
 
@@ -167,7 +171,7 @@ def session_scope() -> Iterator[Session]:
         raise
     except SQLAlchemyError as exc:
         session.rollback()
-        raise InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        raise _db_error(exc) from exc
     except BaseException:
         session.rollback()
         raise
