@@ -39,6 +39,8 @@ class PgServer:
     data: Path
     port: int
     as_user: list[str]
+    #: ``pg_ctl start``'s server options (port, socket folder, settings).
+    options: str = ""
     _n: int = 0
 
     def _run(self, *argv: str) -> None:
@@ -52,6 +54,16 @@ class PgServer:
         name = f"{prefix}_{os.getpid()}_{self._n}"
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "hitl", name)
         return f"postgresql+psycopg://hitl@127.0.0.1:{self.port}/{name}"
+
+    def kill(self) -> None:
+        """Stop the server at once, as a crash would (``pg_ctl -m immediate``: no shutdown checkpoint,
+        connections cut); its data stays for :meth:`start`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start the server on its data folder and port (after :meth:`kill`); it recovers from its WAL."""
+        log = str(self.data.parent / "pg.log")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", self.options, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         subprocess.run(
@@ -78,10 +90,10 @@ def start_postgres() -> PgServer:
         shutil.chown(root, "postgres")
     data = root / "data"
     port = free_port()
-    server = PgServer(bindir, data, port, as_user)
-    server._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hitl", "-E", "UTF8")
     opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=300"
-    server._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "pg.log"), "-w", "start")
+    server = PgServer(bindir, data, port, as_user, opts)
+    server._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hitl", "-E", "UTF8")
+    server.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with socket.socket() as s:

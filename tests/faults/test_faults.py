@@ -26,6 +26,7 @@ from approvals.models import Approval, DecisionRecord, OutboxMessage, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
 from hitl.db import session_scope
 from tests.flows import Attempt, EffectRow, create_test_tables, effects
+from tests.pg import PgServer
 from tests.support import FIGURES, ROOT, Stack, running_stack, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -198,6 +199,20 @@ def test_redis_killed_and_restarted_mid_run_loses_nothing(fstack: Stack) -> None
     fstack.redis.kill()  # SIGKILL; what it acknowledged is in its append-only file
     time.sleep(3.0)
     fstack.redis.start()
+    statuses = wait_all_terminal(fstack, run_ids, timeout=120)
+    assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: len(run_ids)}
+    assert_exactly_once(run_ids)
+
+
+def test_postgresql_killed_and_restarted_mid_run_loses_nothing(fstack: Stack, request: pytest.FixtureRequest) -> None:
+    if not fstack.env.get("HITL_DATABASE_URL"):
+        pytest.skip("a PostgreSQL server to kill (SQLite is a file in the processes themselves)")
+    server: PgServer = request.getfixturevalue("postgres")
+    run_ids = [hitl.start("chaos", {"i": i, "timeout": "2s", "default": "approved"}) for i in range(60)]
+    time.sleep(0.3)  # steps are running, waits being stored, deadlines not yet due
+    server.kill()  # every connection of the worker, beat and this process is cut mid-transaction
+    time.sleep(3.0)
+    server.start()
     statuses = wait_all_terminal(fstack, run_ids, timeout=120)
     assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: len(run_ids)}
     assert_exactly_once(run_ids)
