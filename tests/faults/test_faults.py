@@ -204,9 +204,8 @@ def test_redis_killed_and_restarted_mid_run_loses_nothing(fstack: Stack) -> None
     assert_exactly_once(run_ids)
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # a server to kill: not SQLite
 def test_postgresql_killed_and_restarted_mid_run_loses_nothing(fstack: Stack, request: pytest.FixtureRequest) -> None:
-    if not fstack.env.get("HITL_DATABASE_URL"):
-        pytest.skip("a PostgreSQL server to kill (SQLite is a file in the processes themselves)")
     server: PgServer = request.getfixturevalue("postgres")
     run_ids = [hitl.start("chaos", {"i": i, "timeout": "2s", "default": "approved"}) for i in range(60)]
     time.sleep(0.3)  # steps are running, waits being stored, deadlines not yet due
