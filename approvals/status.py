@@ -14,7 +14,7 @@ class RunStatus(StrEnum):
     """Where a run of a workflow stands."""
 
     # Like Celery's PENDING without task_track_started, a run is not marked when its first step starts
-    # (that would be a write transaction per run, ~10 % of a short workflow's throughput).
+    # (that would be one more write transaction per run).
     PENDING = "pending"  # created; its first step is queued or executing and has not finished
     RUNNING = "running"  # past its first step (or resumed by a decision): a step is queued or executing
     WAITING = "waiting"  # parked at a waitpoint; only database rows hold it

@@ -33,8 +33,8 @@ from approvals.errors import InfrastructureError
 from approvals.models import Approval, AuditRecord, utcnow
 from hitl.db import session_scope
 
-#: A Core INSERT (one statement; the ORM's unit of work costs more than the statement on the decision path).
 _TABLE = cast(Table, AuditRecord.__table__)
+#: A Core INSERT (one statement; the ORM's unit of work costs more than the statement on the decision path).
 _INSERT_ENTRY = insert(_TABLE).returning(_TABLE.c.id)
 
 log = logging.getLogger(__name__)

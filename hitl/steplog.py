@@ -13,10 +13,10 @@ at-least-once and should be idempotent), as with any acks-late Celery task.
 
 One write transaction per step is the design (a claim written before the body as well cost a second one,
 about 15 % of throughput on SQLite). Two consequences are handled here: a run moves from ``pending`` to
-``running`` when its first step finishes, in that step's transaction (a separate write when it starts cost
-another ~8 % of a 3-step workflow's throughput), and a step still running after :func:`watch_interval`
-seconds has its message marked delivered by a background thread, so the outbox relay never sends a running
-step's message again (:mod:`hitl.outbox`).
+``running`` when its first step finishes, in that step's transaction (marking it when the step starts was one
+more write transaction per run), and a step still running after :func:`watch_interval` seconds has its
+message marked delivered by a background thread, so the outbox relay never sends a running step's message
+again (:mod:`hitl.outbox`).
 
 A step never lets Celery send the rest of its chain: the next link (or a replacement canvas) is written to
 the outbox in the completion transaction and published after commit (:mod:`hitl.outbox`), so a crash or a
