@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds an unsent outbox row may wait before the relay sends it."
     )
     redeliver_after: float = Field(
-        600, gt=0, description="Seconds after which a sent message whose step never started is sent again."
+        600,
+        gt=0,
+        description="Seconds after which a sent message whose step never started is sent again (then 2x ... 32x that).",
     )
     outbox_retention: float = Field(7 * 86400, gt=0, description="Seconds delivered outbox rows are kept.")
     digest_cron: str = Field("0 * * * *", description="Crontab (m h dom mon dow, UTC) of the pending-approvals digest.")
