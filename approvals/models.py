@@ -176,7 +176,7 @@ class DecisionRecord(Base):
 class StepRecord(Base):
     """One step execution, keyed by its deterministic task id: how a second delivery is told from the first.
 
-    Written once, when the step is done (``INSERT ... ON CONFLICT DO NOTHING`` on ``task_id``): of two
+    Written once, when the step is done (``INSERT ... ON CONFLICT`` on ``task_id``, never over a finished row): of two
     overlapping deliveries the first to finish wins (see :mod:`hitl.steplog`). ``attempt`` is 1 + the Celery
     retries of the delivery that finished.
     """

@@ -29,6 +29,7 @@ SQLITE_LOCK_POLL_SECONDS = (0.0001, 0.002)
 
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
+_read_engine: Engine | None = None  # the same engine and pool, with READ_ONLY set on its connections
 _read_factory: sessionmaker[Session] | None = None
 _pid = 0
 
@@ -86,14 +87,15 @@ def make_engine(url: str) -> Engine:
 
 def get_engine() -> Engine:
     """Return this process's engine, creating it (again, after a fork) when needed."""
-    global _engine, _factory, _read_factory, _pid
+    global _engine, _factory, _read_engine, _read_factory, _pid
     if _engine is None or _pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
         fresh = _engine is None
         _engine = make_engine(get_settings().resolved_database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
-        _read_factory = sessionmaker(_engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        _read_engine = _engine.execution_options(**{READ_ONLY: True})
+        _read_factory = sessionmaker(_read_engine, expire_on_commit=False)
         events.install(_factory)
         _pid = os.getpid()
         if fresh and get_settings().auto_migrate:
@@ -105,10 +107,10 @@ def get_engine() -> Engine:
 
 def reset_engine() -> None:
     """Forget this process's engine (the next use creates one from the current settings)."""
-    global _engine, _factory, _read_factory
+    global _engine, _factory, _read_engine, _read_factory
     if _engine is not None:
         _engine.dispose()
-    _engine, _factory, _read_factory = None, None, None
+    _engine, _factory, _read_engine, _read_factory = None, None, None, None
 
 
 def _db_error(exc: SQLAlchemyError) -> InfrastructureError:
@@ -124,9 +126,10 @@ def read_scope() -> Iterator[Connection]:
     Raises:
         InfrastructureError: the database failed (raised from the SQLAlchemy error).
     """
+    get_engine()
+    assert _read_engine is not None
     try:
-        with get_engine().connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
+        with _read_engine.connect() as conn:
             yield conn
     except SQLAlchemyError as exc:
         raise _db_error(exc) from exc
