@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.errors import HitlError, InfrastructureError
@@ -111,6 +112,35 @@ def reset_engine() -> None:
     if _engine is not None:
         _engine.dispose()
     _engine, _factory, _read_engine, _read_factory = None, None, None, None
+
+
+#: SQLite result codes (low byte of ``sqlite_errorcode``) of failures that go away by themselves: busy,
+#: locked, I/O error, disk full, cannot open, lock protocol (https://sqlite.org/rescode.html). SQLite reports
+#: a missing table or a syntax error as an ``OperationalError`` as well (SQLITE_ERROR), which is not transient.
+SQLITE_TRANSIENT_CODES = frozenset({5, 6, 10, 13, 14, 15})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a database failure worth trying again later.
+
+    Transient are the errors PEP 249 names ``OperationalError`` ("not necessarily under the control of the
+    programmer, e.g. an unexpected disconnect occurs, the data source name is not found, a transaction could
+    not be processed") and ``InterfaceError``, as SQLAlchemy wraps them — on PostgreSQL a dropped or refused
+    connection, an administrator shutdown, a serialization failure or deadlock, a statement timeout — and a
+    connection-pool timeout. On SQLite only the result codes in :data:`SQLITE_TRANSIENT_CODES` count.
+    Integrity and programming errors never do.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PoolTimeout):
+            return True
+        if isinstance(current, OperationalError | InterfaceError):
+            code = getattr(current.orig, "sqlite_errorcode", None)
+            return code is None or (code & 0xFF) in SQLITE_TRANSIENT_CODES
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _db_error(exc: SQLAlchemyError) -> InfrastructureError:

@@ -8,14 +8,18 @@ parsed model, not a dict. Raise :class:`Stop` to end a run with another status.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import re
+import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from celery import Signature, Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -26,8 +30,14 @@ from approvals.status import RunStatus, StepStatus
 from hitl import blobs, outbox, steplog
 from hitl.app import app
 from hitl.canvas import RUN_ID_KWARG, bind_run, with_task_ids
-from hitl.db import session_scope
+from hitl.db import is_transient, session_scope
 from hitl.jsonsafe import jsonable
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker process waits before handing back the message of a step whose database work failed
+#: transiently (see :func:`_requeue_on_database_failure`): during an outage, one try per process per pause.
+REQUEUE_PAUSE_SECONDS = 1.0
 
 
 class Stop(Exception):
@@ -75,6 +85,35 @@ def _end_chain(request: Any) -> None:
     request.callbacks = None
 
 
+@contextlib.contextmanager
+def _requeue_on_database_failure(name: str, task_id: str) -> Iterator[None]:
+    """Hand the step's message back to the broker when hitl's own database work for it fails transiently.
+
+    A dropped connection, a database restart or a lock timeout says nothing about the step: failing its run
+    for it would be wrong, and the message is not acknowledged yet (``task_acks_late``). After
+    :data:`REQUEUE_PAUSE_SECONDS` this raises Celery's :class:`~celery.exceptions.Reject` with
+    ``requeue=True`` (Celery's documented way to return an acks-late message), so the step is delivered again
+    with the same task id and attempt number; whatever its transaction wrote was rolled back. Which errors
+    are transient: :func:`hitl.db.is_transient`. Used around the step's check, its completion transaction,
+    and (for a ``transactional`` step) its body, whose writes are in that transaction — not around the body
+    of another step, whose errors are the step's own (use ``autoretry_for`` there).
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning(
+            "step %s (%s): database unavailable (%s); its message goes back to the queue in %.1f s",
+            name,
+            task_id,
+            exc,
+            REQUEUE_PAUSE_SECONDS,
+        )
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(f"database unavailable: {exc}", requeue=True) from exc
+
+
 class _Replaced(Exception):
     """Raised by :meth:`Step.replace`: the step is done and ``sigs`` are sent in its place."""
 
@@ -109,14 +148,12 @@ class Step(Task):  # type: ignore[misc]
         request = self.request
         rest = [dict(sig) for sig in reversed(request.chain or [])]
         request.hitl_rest = rest
-        c = steplog.check(run_id, self.name, request.id, attempt=(request.retries or 0) + 1)
-        if c.skip:
-            _end_chain(request)
-            return None
-        if c.done is not None:  # a second delivery of a step that already ran: reuse its result
-            _end_chain(request)
-            if c.next_task_id:  # and make sure what it sent next is on its way
+        with _requeue_on_database_failure(self.name, request.id):
+            c = steplog.check(run_id, self.name, request.id, attempt=(request.retries or 0) + 1)
+            if c.next_task_id:  # a second delivery of a step that already ran: what it sent is on its way
                 outbox.republish_undelivered(c.next_task_id)
+        if c.skip or c.done is not None:  # (a finished step's result is reused)
+            _end_chain(request)
             return c.result
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
@@ -139,14 +176,15 @@ class Step(Task):  # type: ignore[misc]
     ) -> tuple[Any, OutboxMessage | None]:
         try:
             if self.transactional:
-                with session_scope() as s:
+                with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
                     return self._run_and_finish(s, c, args, {**kwargs, "session": s}, rest)
             outcome = self._run_body(args, kwargs)
-            with session_scope() as s:
+            with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
                 return self._finish(s, c, outcome, rest)
         except Stop as stop:  # (a transactional step's own writes were rolled back)
             result = jsonable(stop.result)
-            steplog.stop(c, stop.status, result, stop.reason)
+            with _requeue_on_database_failure(c.name, c.task_id):
+                steplog.stop(c, stop.status, result, stop.reason)
             return result, None
 
     def _run_and_finish(

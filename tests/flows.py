@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Integer, String, select
+from sqlalchemy import JSON, Integer, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import hitl
@@ -203,10 +203,7 @@ class Transient(Exception):
 )
 def flaky(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
     """Fail the first ``payload['failures']`` attempts, then succeed."""
-    with session_scope() as s:
-        s.add(Attempt(run_id=run_id))
-    with session_scope() as s:
-        attempts = len(list(s.scalars(select(Attempt).where(Attempt.run_id == run_id))))
+    attempts = count_attempt(run_id)
     if attempts <= int(payload.get("failures", 2)):
         raise Transient(f"attempt {attempts} fails")
     return f"succeeded at attempt {attempts}"
@@ -216,6 +213,32 @@ def flaky(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
 def flaky_flow(payload: dict[str, Any]) -> Any:
     """flaky (fails twice, retried with backoff) | effect b | effect c."""
     return flaky.s(payload) | chaos_effect.s(label="b") | chaos_effect.s(label="c")
+
+
+def count_attempt(run_id: str) -> int:
+    """Note one more attempt of ``run_id``'s step outside any step transaction; return the count so far."""
+    with session_scope() as s:
+        s.add(Attempt(run_id=run_id))
+    with session_scope() as s:
+        return int(s.scalar(select(func.count()).select_from(Attempt).where(Attempt.run_id == run_id)) or 0)
+
+
+@hitl.step(name="tests.severed", bind=True, transactional=True)
+def severed(self: hitl.Step, payload: dict[str, Any], run_id: str, session: Any) -> str:
+    """Apply effect ``a`` in the step's transaction; on the first attempt the PostgreSQL server then ends this
+    transaction's connection (``pg_terminate_backend``, as a failover or a connection killer would)."""
+    attempt = count_attempt(run_id)
+    session.add(EffectRow(run_id=run_id, label="a", task_id=self.request.id))
+    session.flush()
+    if attempt == 1:
+        session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    return f"applied at attempt {attempt}"
+
+
+@hitl.workflow("severed")
+def severed_flow(payload: dict[str, Any]) -> Any:
+    """severed (its connection dropped on the first attempt) | effect b | effect c."""
+    return severed.s(payload) | chaos_effect.s(label="b") | chaos_effect.s(label="c")
 
 
 @hitl.step(name="tests.slow", bind=True)

@@ -217,6 +217,25 @@ def test_postgresql_killed_and_restarted_mid_run_loses_nothing(fstack: Stack, re
     assert_exactly_once(run_ids)
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # a server that can end a connection
+def test_a_connection_dropped_inside_a_step_requeues_it_instead_of_failing_the_run(fstack: Stack) -> None:
+    """The server ends a step's connection mid-transaction while the database stays up: the step's message
+    goes back to the queue and the step runs again (its first transaction rolled back), not a failed run."""
+    run_id = hitl.start("severed", {"case": "connection dropped"})
+    run = wait_for(lambda: (r := hitl.get_run(run_id)).status.terminal and r, 60, "severed run to finish")
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    with session_scope() as s:
+        attempts = s.scalar(select(func.count()).select_from(Attempt).where(Attempt.run_id == run_id))
+        severed = s.execute(
+            select(StepRecord.status, StepRecord.attempt).where(
+                StepRecord.name == "tests.severed", StepRecord.run_id == run_id
+            )
+        ).all()
+    assert attempts == 2
+    assert [(st.value, n) for st, n in severed] == [("finished", 1)]  # a requeue is the same delivery attempt
+    assert_exactly_once([run_id])
+
+
 def test_approve_while_the_broker_is_down_resumes_once_it_is_back(fstack: Stack) -> None:
     assert fstack.redis is not None
     run_id = hitl.start("chaos", {"case": "broker down"})

@@ -1,0 +1,70 @@
+"""Which database errors count as transient (a step's message is requeued) and which fail a run."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from approvals.errors import InfrastructureError
+from hitl.db import is_transient, session_scope
+
+
+def _error_from(url: str, *sql: str, hold_lock: Path | None = None) -> SQLAlchemyError:
+    """Run the statements ``sql`` on a fresh engine and return the SQLAlchemy error they raised."""
+    engine = create_engine(url, connect_args={"timeout": 0})
+    blocker = sqlite3.connect(hold_lock, isolation_level=None) if hold_lock else None
+    try:
+        if blocker is not None:
+            blocker.execute("BEGIN EXCLUSIVE")
+        with engine.begin() as conn:
+            for statement in sql:
+                conn.execute(text(statement))
+    except SQLAlchemyError as exc:
+        return exc
+    finally:
+        if blocker is not None:
+            blocker.close()
+        engine.dispose()
+    raise AssertionError(f"{sql!r} did not fail")
+
+
+def test_a_locked_sqlite_database_is_transient(tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (x INTEGER)").connection.close()
+    exc = _error_from(f"sqlite:///{db}", "INSERT INTO t VALUES (1)", hold_lock=db)
+    assert "locked" in str(exc)
+    assert is_transient(exc)
+
+
+def test_a_missing_table_or_bad_sql_is_not_transient(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    missing = _error_from(url, "SELECT * FROM no_such_table")
+    assert type(missing).__name__ == "OperationalError"  # SQLite's class for it, and still not transient
+    assert not is_transient(missing)
+    assert not is_transient(_error_from(url, "SELEC 1"))
+    constraint = _error_from(url, "CREATE TABLE u (x INTEGER NOT NULL)", "INSERT INTO u VALUES (NULL)")
+    assert type(constraint).__name__ == "IntegrityError"
+    assert not is_transient(constraint)
+
+
+def test_transient_is_found_through_the_infrastructure_error_it_was_raised_as(
+    engine_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = engine_env / "hitl.db"
+    with session_scope() as s:  # create the file and its schema
+        s.execute(text("SELECT 1"))
+    monkeypatch.setattr("hitl.db.SQLITE_BUSY_TIMEOUT_MS", 50)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(InfrastructureError) as caught, session_scope() as s:
+            s.execute(text("SELECT 1"))
+    finally:
+        blocker.close()
+    assert is_transient(caught.value)
+    assert not is_transient(InfrastructureError("database error: something else"))
+    assert not is_transient(ValueError("not a database error"))
