@@ -230,6 +230,8 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: Re-sends: how often the relay published the row again after it had been sent. A publish that failed
+    #: (broker down) and the relay's first publish of an unsent row do not count; the re-send backoff does.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 

@@ -4,7 +4,8 @@ for it — a run's start, a decision's continuation, and the next link of a chai
 Life of a row (``hitl_outbox``):
 
 1. Written in the caller's transaction with ``sent_at`` set (optimistically: the publish follows the commit).
-2. Published after commit. If publishing fails (broker down), ``sent_at`` is cleared.
+2. Published after commit. If publishing fails (broker down), ``sent_at`` is cleared (``attempts``, the
+   re-send count, is not raised: the backoff below counts re-sends of sent rows only).
 3. ``delivered_at`` is set in the transaction in which the receiving step finishes (or is skipped), or
    earlier by the step watcher when the step runs long (:mod:`hitl.steplog`): from then on the row is done.
 
@@ -26,7 +27,7 @@ from typing import Any, cast
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import BrokerUnavailable
@@ -116,7 +117,7 @@ def publish(rows: list[OutboxMessage]) -> int:
         s.execute(
             update(OutboxMessage)
             .where(OutboxMessage.task_id.in_([r.task_id for r in rows[sent:]]))
-            .values(sent_at=None, attempts=OutboxMessage.attempts + 1)
+            .values(sent_at=None)
         )
     return sent
 
@@ -212,10 +213,11 @@ def relay(grace_seconds: float | None = None) -> int:
             )
         )
         if rows:  # claim them for this pass: a concurrent relay skips them until they are due again
+            resend = case((OutboxMessage.sent_at.is_(None), 0), else_=1)  # an unsent row's first send is no re-send
             s.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id.in_([r.id for r in rows]))
-                .values(sent_at=now, attempts=OutboxMessage.attempts + 1)
+                .values(sent_at=now, attempts=OutboxMessage.attempts + resend)
             )
         s.execute(
             delete(OutboxMessage).where(

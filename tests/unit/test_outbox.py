@@ -1,0 +1,78 @@
+"""The outbox relay: what it re-sends, when, and what counts as a re-send.
+
+The fast tier: SQLite and kombu's in-memory transport, time moved by rewriting ``sent_at``; the fault suite
+checks the same rules with real workers, Redis and PostgreSQL (kill -9, broker and database restarts).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+import hitl
+from approvals.models import OutboxMessage, utcnow
+from hitl import outbox
+from hitl.db import session_scope
+from hitl.settings import get_settings
+
+
+def _row(task_id: str) -> OutboxMessage:
+    with session_scope() as s:
+        row = s.scalars(select(OutboxMessage).where(OutboxMessage.task_id == task_id)).one()
+        s.expunge(row)
+        return row
+
+
+def _sent_ago(task_id: str, seconds: float) -> None:
+    with session_scope() as s:
+        s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.task_id == task_id)
+            .values(sent_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def test_a_sent_undelivered_row_is_resent_after_1_2_4_times_redeliver_after(engine_env: Path) -> None:
+    run_id = hitl.start("gate", {"n": 1})
+    task_id = f"{run_id}.start"
+    after = get_settings().redeliver_after
+    assert _row(task_id).sent_at is not None and _row(task_id).attempts == 0
+    assert outbox.relay() == 0  # just sent: most likely queued, not lost
+    for resends, factor in enumerate((1, 2, 4)):
+        _sent_ago(task_id, after * factor - 5)
+        assert outbox.relay() == 0, f"re-sent before {factor} x HITL_REDELIVER_AFTER"
+        _sent_ago(task_id, after * factor + 5)
+        assert outbox.relay() == 1, f"not re-sent after {factor} x HITL_REDELIVER_AFTER"
+        assert _row(task_id).attempts == resends + 1
+
+
+def test_a_delivered_row_is_never_resent(engine_env: Path) -> None:
+    run_id = hitl.start("gate", {"n": 1})
+    task_id = f"{run_id}.start"
+    with session_scope() as s:
+        outbox.mark_delivered(s, task_id)
+    _sent_ago(task_id, get_settings().redeliver_after * 100)
+    assert outbox.relay() == 0
+
+
+def test_failed_publishes_do_not_count_as_resends(engine_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row that could not be published while the broker was down is sent by the relay once the broker is
+    back, and is re-sent after one HITL_REDELIVER_AFTER if its step never received it — not after 2**k."""
+    down = OSError("broker down (simulated)")
+    with monkeypatch.context() as m:
+        m.setattr(outbox, "_send", lambda rows: (0, down))
+        run_id = hitl.start("gate", {"n": 1})
+        task_id = f"{run_id}.start"
+        for _ in range(3):  # three relay passes during the outage
+            assert _row(task_id).sent_at is None
+            assert outbox.relay(grace_seconds=0) == 0
+    row = _row(task_id)
+    assert row.sent_at is None and row.attempts == 0
+    assert outbox.relay(grace_seconds=0) == 1  # the broker is back: sent
+    assert _row(task_id).attempts == 0 and _row(task_id).sent_at is not None
+    _sent_ago(task_id, get_settings().redeliver_after + 5)
+    assert outbox.relay() == 1
+    assert _row(task_id).attempts == 1
