@@ -131,7 +131,9 @@ class Step(Task):  # type: ignore[misc]
 
     A step sends the rest of its chain itself, through the outbox (:mod:`hitl.steplog`); Celery's own
     chain dispatch is switched off for it. Each delivery costs one read before the body and one write
-    transaction after it (see :mod:`hitl.steplog`).
+    transaction after it (see :mod:`hitl.steplog`). When that database work fails transiently (a dropped
+    connection, a restart, a lock timeout), the message goes back to the queue instead of failing the run
+    (see :func:`_requeue_on_database_failure`).
     """
 
     #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
