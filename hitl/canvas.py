@@ -71,18 +71,22 @@ def child_task_id(parent: str, index: int) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{parent}/{index}"))
 
 
-def with_task_ids(sigs: list[dict[str, Any]], parent: str, first_id: str | None = None) -> list[Signature]:
-    """Return ``sigs`` as signatures with deterministic task ids: ``first_id`` for the first if given; a
+def with_task_ids(sigs: list[dict[str, Any]], parent: str, first_id: str | None = None) -> list[dict[str, Any]]:
+    """Return the signature dicts ``sigs`` with deterministic task ids: ``first_id`` for the first if given; a
     signature that already has an id (it was sent before, as part of a chain) keeps it; others get
-    :func:`child_task_id` of ``parent``."""
+    :func:`child_task_id` of ``parent``. A dict that gets an id is copied (``sigs`` is not changed); the rest
+    are returned as they are (cloning each as a ``Signature`` cost more than sending it)."""
     out = []
     for i, d in enumerate(sigs):
-        sig = signature(d, app=app).clone()
+        options = d.get("options") or {}
         if i == 0 and first_id:
-            sig.options["task_id"] = first_id
+            task_id = first_id
+        elif "task_id" in options:
+            out.append(d)
+            continue
         else:
-            sig.options.setdefault("task_id", child_task_id(parent, i))
-        out.append(sig)
+            task_id = child_task_id(parent, i)
+        out.append({**d, "options": {**options, "task_id": task_id}})
     return out
 
 
@@ -93,15 +97,6 @@ def apply_chain(sigs: list[dict[str, Any]], args: list[Any], task_id: str, produ
     rest in reverse order, as Celery's tracer pops the next signature from the end. ``producer`` is a kombu
     producer to send with (default: one from the app's pool).
     """
-    first = signature(sigs[0], app=app).clone()
-    first.options["task_id"] = task_id
-    # The rest travel as dicts (what Celery's tracer reads), copied only where a task id is added: cloning
-    # each as a Signature cost more than the rest of this function.
-    rest = [
-        d
-        if "task_id" in d.get("options", ())
-        else {**d, "options": {**d.get("options", {}), "task_id": child_task_id(task_id, i)}}
-        for i, d in enumerate(sigs[1:], start=1)
-    ]
+    first, *rest = with_task_ids(sigs, task_id, task_id)
     options: dict[str, Any] = {"producer": producer} if producer is not None else {}
-    first.apply_async(tuple(args), chain=rest[::-1] or None, **options)
+    signature(first, app=app).apply_async(tuple(args), chain=rest[::-1] or None, **options)

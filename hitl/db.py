@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from approvals.errors import HitlError, InfrastructureError
+from approvals.errors import InfrastructureError
 from hitl import events
 from hitl.settings import get_settings
 
@@ -175,15 +175,8 @@ def read_session() -> Iterator[Session]:
     Raises:
         InfrastructureError: the database failed (raised from the SQLAlchemy error).
     """
-    get_engine()
-    assert _read_factory is not None
-    session = _read_factory()
-    try:
+    with _scope(read_only=True) as session:
         yield session
-    except SQLAlchemyError as exc:
-        raise _db_error(exc) from exc
-    finally:
-        session.close()
 
 
 @contextmanager
@@ -193,15 +186,20 @@ def session_scope() -> Iterator[Session]:
     Raises:
         InfrastructureError: the database failed (raised from the SQLAlchemy error).
     """
+    with _scope(read_only=False) as session:
+        yield session
+
+
+@contextmanager
+def _scope(*, read_only: bool) -> Iterator[Session]:
     get_engine()
-    assert _factory is not None
-    session = _factory()
+    factory = _read_factory if read_only else _factory
+    assert factory is not None
+    session = factory()
     try:
         yield session
-        session.commit()
-    except HitlError:
-        session.rollback()
-        raise
+        if not read_only:
+            session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
         raise _db_error(exc) from exc

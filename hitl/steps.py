@@ -241,7 +241,7 @@ class Step(Task):  # type: ignore[misc]
         if run_id is None:
             return super().replace(sig)
         replacement = with_task_ids(bind_run(sig, run_id), f"{self.request.id}/replace")
-        raise _Replaced([dict(x) for x in replacement] + list(self.request.get("hitl_rest") or []))
+        raise _Replaced(replacement + list(self.request.get("hitl_rest") or []))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get(RUN_ID_KWARG)
