@@ -11,7 +11,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, Update, bindparam, insert, select, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from approvals.errors import (
@@ -155,16 +155,36 @@ def add_event(
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert timeline rows in bulk (one multi-row INSERT) and note them for publishing after commit.
+    """Insert timeline rows in bulk and note them for publishing after commit.
 
-    Only the ids come back from the database (``RETURNING id``, in the order of ``rows``); the rest of each
-    live event is what was inserted (reading back every column, JSON included, cost PostgreSQL's sweep of
-    2,000 approvals about 0.1 s).
+    The ids are taken first (:func:`_next_event_ids`) and inserted with the rows by one ``executemany``
+    without ``RETURNING``. With ``RETURNING id`` in parameter order, SQLAlchemy ran one statement per row on
+    SQLite (which cannot say which id went to which row of a multi-row INSERT): 20,000 statements and 0.9 of
+    2.8 s under cProfile for a sweep of 10,000 approvals that end their runs. On PostgreSQL it built one
+    statement of 7,000 placeholders per 1,000 rows, which psycopg parses again on each execution (19 ms).
     """
     if not rows:
         return
-    ids = session.execute(insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True), rows).scalars()
-    note_new_events(session, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+    rows = [{**row, "id": i} for row, i in zip(rows, _next_event_ids(session, len(rows)), strict=True)]
+    session.execute(insert(_EVENTS), rows)
+    note_new_events(session, rows)
+
+
+_EVENT_SEQUENCE = text("SELECT nextval(pg_get_serial_sequence('hitl_run_events', 'id')) FROM generate_series(1, :n)")
+
+
+def _next_event_ids(session: Session, count: int) -> list[int]:
+    """``count`` unused, increasing timeline ids.
+
+    PostgreSQL: from the column's sequence (one round trip; sequences are not rolled back, so a rolled-back
+    transaction leaves a gap, as an ``INSERT`` would). SQLite: after the largest id, which is safe because a
+    writing session holds the database's write lock from ``BEGIN IMMEDIATE`` (:mod:`hitl.db`), so no other
+    insert can come in between; SQLite gives an inserted row the largest id plus one in the same way.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return sorted(session.scalars(_EVENT_SEQUENCE, {"n": count}))
+    start = int(session.scalar(select(func.coalesce(func.max(_EVENTS.c.id), 0))) or 0)
+    return list(range(start + 1, start + count + 1))
 
 
 def resolve_approval(
