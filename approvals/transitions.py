@@ -12,7 +12,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, Update, bindparam, func, insert, select, text, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from approvals.errors import (
     AlreadyDecided,
@@ -30,6 +33,36 @@ from approvals.status import ApprovalStatus, EventKind, RunStatus, approval_sour
 _RUNS = cast(Table, Run.__table__)
 _APPROVALS = cast(Table, Approval.__table__)
 _EVENTS = cast(Table, RunEvent.__table__)
+
+
+class not_indexed(FunctionElement[Any]):
+    """``not_indexed(column)`` is ``column``, except that SQLite gets ``+column``: a term SQLite's query planner
+    may not use an index for (https://sqlite.org/optoverview.html, "Disqualifying WHERE clause terms using
+    unary-+"). Other databases get the column unchanged.
+
+    Without statistics (hitl does not run ``ANALYZE``) SQLite takes an equality on the first column of any index
+    as selective. ``id IN (...) AND status IN (...)`` on 1,000,000 waiting runs then walked the ``status``
+    index instead of the primary key: 3 of the 4.8 s of a 10,000-approval sweep. ``run_id = ? AND status =
+    'pending'`` among 1,000,000 pending approvals took 1.1 s instead of 0.2 ms. Wrap ``status`` in such
+    statements, where another term (an id) picks the rows.
+    """
+
+    inherit_cache = True
+    name = "not_indexed"
+
+    def __init__(self, column: Any) -> None:
+        super().__init__(column)
+        self.type = next(iter(self.clauses)).type
+
+
+@compiles(not_indexed)
+def _render_column(element: not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(not_indexed, "sqlite")
+def _render_unary_plus(element: not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.clauses, **kw)
 
 
 def _rowcount(result: Any) -> int:
@@ -92,7 +125,7 @@ def move_runs(session: Session, run_ids: list[str], target: RunStatus) -> int:
     for i in range(0, len(run_ids), CHUNK):
         stmt = (
             update(_RUNS)
-            .where(_RUNS.c.id.in_(run_ids[i : i + CHUNK]), _RUNS.c.status.in_(run_sources(target)))
+            .where(_RUNS.c.id.in_(run_ids[i : i + CHUNK]), not_indexed(_RUNS.c.status).in_(run_sources(target)))
             .values(status=target, updated_at=utcnow())
         )
         moved += _rowcount(session.execute(stmt))
@@ -108,7 +141,7 @@ def end_runs(session: Session, status: RunStatus, results: dict[str, Any]) -> li
     for i in range(0, len(ids), CHUNK):
         stmt = (
             update(_RUNS)
-            .where(_RUNS.c.id.in_(ids[i : i + CHUNK]), _RUNS.c.status.in_(run_sources(status)))
+            .where(_RUNS.c.id.in_(ids[i : i + CHUNK]), not_indexed(_RUNS.c.status).in_(run_sources(status)))
             .values(status=status, updated_at=now, finished_at=now)
             .returning(_RUNS.c.id)
         )
@@ -250,7 +283,9 @@ def advance_stage(session: Session, approval_id: str, stage: int, assignees: lis
 def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
     """Cancel every pending approval of run ``run_id``; return the ids cancelled by this call."""
     ids = list(
-        session.scalars(select(Approval.id).where(Approval.run_id == run_id, Approval.status == ApprovalStatus.PENDING))
+        session.scalars(
+            select(Approval.id).where(Approval.run_id == run_id, not_indexed(Approval.status) == ApprovalStatus.PENDING)
+        )
     )
     return [i for i in ids if resolve_approval(session, i, ApprovalStatus.CANCELLED)]
 

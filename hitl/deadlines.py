@@ -21,7 +21,7 @@ from approvals.models import Approval, DecisionRecord, OutboxMessage, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome
 from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import CHUNK, end_runs, insert_events, move_runs
+from approvals.transitions import CHUNK, end_runs, insert_events, move_runs, not_indexed
 from hitl import audit, outbox
 from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, make_decision, resolved_detail, resume_task_id
 from hitl.db import session_scope
@@ -60,7 +60,7 @@ def _time_out_due(s: Session, now: datetime, limit: int) -> list[Approval]:
         stmt = (
             update(Approval)
             .where(Approval.id.in_(ids[i : i + CHUNK]))
-            .where(Approval.status == ApprovalStatus.PENDING, Approval.deadline <= now)
+            .where(not_indexed(Approval.status) == ApprovalStatus.PENDING, Approval.deadline <= now)
             .values(status=ApprovalStatus.TIMED_OUT, resolved_at=now)
             .returning(Approval)
         )

@@ -14,6 +14,7 @@ from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
 from approvals.models import Approval, Notification, Run, RunEvent, utcnow
 from approvals.schemas import ApprovalView, DecisionView, EventView, NotificationView, Outcome, RunView, VoteView
 from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
+from approvals.transitions import not_indexed
 from hitl.db import read_session
 from hitl.events import LiveEvent, live_event
 from hitl.settings import get_settings
@@ -82,8 +83,8 @@ def list_approvals(
         .order_by(Approval.created_at, Approval.id)
         .limit(limit)
     )
-    if status is not None:
-        stmt = stmt.where(Approval.status == status)
+    if status is not None:  # (picked by run id if one is given, not by walking the status index: not_indexed)
+        stmt = stmt.where((not_indexed(Approval.status) if run_id else Approval.status) == status)
     if workflow:
         stmt = stmt.where(Run.workflow == workflow)
     if run_id:
