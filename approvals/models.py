@@ -88,10 +88,14 @@ class Run(Base):
     """One execution of a registered workflow."""
 
     __tablename__ = "hitl_runs"
+    __table_args__ = (  # listings: by status, newest first (hitl.views.list_runs)
+        Index("ix_hitl_runs_status_created", "status", "created_at"),
+        Index("ix_hitl_runs_created", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(200), index=True)
-    status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus), index=True)
+    status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     #: Who started the run (the API key's actor, or ``requester=`` of :func:`hitl.start`).
     requester: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -113,6 +117,7 @@ class Approval(Base):
         Index("ix_hitl_approvals_status_deadline", "status", "deadline"),
         Index("ix_hitl_approvals_status_reminder", "status", "next_reminder_at"),
         Index("ix_hitl_approvals_status_escalate", "status", "escalate_at"),
+        Index("ix_hitl_approvals_status_created", "status", "created_at", "id"),  # the inbox, oldest first
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
