@@ -3,8 +3,8 @@
 Delivery is at-least-once: a message is acknowledged after its task returns (``task_acks_late``) and
 re-queued when the worker process dies mid-task (``task_reject_on_worker_lost``). The Redis visibility
 timeout (how long an unacknowledged message stays invisible before Redis re-delivers it) is longer than
-any step's hard time limit, so a long step is never delivered twice while it still runs. hitl keeps no
-result backend: a run's state and results are rows in its own database.
+any step's hard time limit, so a long step is never delivered twice while it still runs. A run's state and
+results are rows in hitl's database; Celery's result backend holds only what chords need.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from hitl.broker import broker_url as _broker_url
-from hitl.settings import get_settings
+from hitl.settings import get_settings, result_engine_options
 
 _settings = get_settings()
 
 broker_url = _broker_url(_settings)
 broker_connection_retry_on_startup = True
+# Connections a process keeps for publishing (Celery's default is 10). Sending a chord holds one for its header
+# while Celery takes another for celery.chord_unlock, so a web process deciding in many threads at once needs
+# more than one per thread.
+broker_pool_limit = 64
 broker_transport_options = {
     # HITL_VISIBILITY_TIMEOUT (default 30 min) is longer than HITL_STEP_TIME_LIMIT (default 15 min): the
     # settings refuse anything else. See the module docstring.
@@ -35,8 +39,13 @@ task_soft_time_limit = max(_settings.step_time_limit * 0.9, _settings.step_time_
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
+# Results are not stored (a run's state and results are rows in hitl's own tables), except by tasks in a group
+# that feeds a chord (hitl.canvas sets ignore_result=False on them): Celery's chord join reads them from the
+# result backend. The default is Celery's database backend on hitl's database, which outlives a broker restart.
 task_ignore_result = True
-result_backend = None
+result_backend = _settings.resolved_result_backend
+database_engine_options = result_engine_options(result_backend)
+result_expires = 86400
 
 task_acks_late = True
 task_reject_on_worker_lost = True
@@ -64,6 +73,7 @@ beat_schedule = {
     "hitl-relay-outbox": {"task": "hitl.relay_outbox", "schedule": _settings.relay_interval},
     "hitl-sweep-reminders": {"task": "hitl.sweep_reminders", "schedule": _settings.remind_interval},
     "hitl-send-notifications": {"task": "hitl.send_notifications", "schedule": _settings.notify_interval},
+    "hitl-anchor-audit": {"task": "hitl.anchor_audit", "schedule": _settings.audit_anchor_interval},
     "pending-approvals-digest": {
         "task": "tasks.digest.pending_digest",
         "schedule": crontab.from_string(_settings.digest_cron),

@@ -103,6 +103,11 @@ class InvalidPayload(UsageError):
     """The payload is not valid."""
 
 
+class WorkflowError(InvalidPayload):
+    """The workflow's canvas has a shape hitl cannot run (a wait inside a group of other tasks, say), or a task
+    in it cannot take the arguments it would get."""
+
+
 class InvalidSettings(UsageError):
     """A HITL_* setting has a value that is not allowed."""
 

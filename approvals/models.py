@@ -325,11 +325,13 @@ class Notification(Base):
 class AuditRecord(Base):
     """One entry of the append-only audit log: a decision attempt, accepted or refused.
 
-    ``hash`` is SHA-256 over the entry's fields and ``prev_hash`` (the previous entry's hash), so editing or
-    deleting an entry breaks the chain (``hitl audit verify``).
+    ``hash`` is SHA-256 over the entry's fields and ``prev_hash`` (the hash of the previous entry of the same
+    ``chain``: the run's id, ``approval:<id>``, ``-`` or ``anchor``; see :mod:`hitl.audit`), so editing or
+    deleting an entry breaks its chain (``hitl audit verify``).
     """
 
     __tablename__ = "hitl_audit"
+    __table_args__ = (Index("ix_hitl_audit_chain_id", "chain", "id"),)  # a chain's head, and verify's walk
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -343,6 +345,7 @@ class AuditRecord(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     payload_hash: Mapped[str] = mapped_column(String(64))
+    chain: Mapped[str] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 

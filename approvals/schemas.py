@@ -27,6 +27,23 @@ class Outcome(StrEnum):
         return ApprovalStatus(self.value)
 
 
+class WaitJoin(BaseModel):
+    """How one approval of a parallel wait (a group of waits) joins its siblings: the run resumes once, when
+    all are settled, with every decision (or at the first rejection, when ``any_rejection_rejects``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The parallel wait's id (the same on every sibling).
+    id: str
+    #: This approval's place in the group (0-based); the continuation receives the decisions in this order.
+    index: int = Field(ge=0)
+    #: How many approvals the group has.
+    size: int = Field(ge=1)
+    #: True: the first rejection settles the group as rejected (the others are cancelled). False: the group
+    #: settles when every approval is decided.
+    any_rejection_rejects: bool = True
+
+
 class ApprovalPolicy(BaseModel):
     """What an approval needs before its outcome is settled, and how people are chased. Durations in seconds.
 
@@ -52,6 +69,8 @@ class ApprovalPolicy(BaseModel):
     escalate_to: list[str] = Field(default_factory=list)
     #: Data the continuation receives when the deadline applies an approved or rejected default.
     default_data: dict[str, Any] | None = None
+    #: Set on the approvals of a parallel wait: how this one joins its siblings.
+    join: WaitJoin | None = None
 
 
 DECISION_TAG = "hitl.decision"

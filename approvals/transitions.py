@@ -241,14 +241,21 @@ def resolve_approval(
     Returns:
         True if this call made the change.
     """
+    stmt = _resolve_statement(target, before_deadline is not None, due_by is not None)
+    params = {"b_id": approval_id, "b_now": utcnow(), "b_before": before_deadline, "b_due": due_by}
+    return _rowcount(session.execute(stmt, params)) == 1
+
+
+@functools.cache
+def _resolve_statement(target: ApprovalStatus, before: bool, due: bool) -> Update:
+    """The ``UPDATE`` of :func:`resolve_approval`, built once per shape (as :func:`_move_run_statement`)."""
     a = _APPROVALS.c
-    stmt = update(_APPROVALS).where(a.id == approval_id, a.status.in_(approval_sources(target)))
-    if before_deadline is not None:
-        stmt = stmt.where(a.deadline > before_deadline)
-    if due_by is not None:
-        stmt = stmt.where(a.deadline <= due_by)
-    stmt = stmt.values(status=target, resolved_at=utcnow())
-    return _rowcount(session.execute(stmt)) == 1
+    stmt = update(_APPROVALS).where(a.id == bindparam("b_id"), a.status.in_(approval_sources(target)))
+    if before:
+        stmt = stmt.where(a.deadline > bindparam("b_before", type_=a.deadline.type))
+    if due:
+        stmt = stmt.where(a.deadline <= bindparam("b_due", type_=a.deadline.type))
+    return stmt.values(status=target, resolved_at=bindparam("b_now", type_=a.resolved_at.type))
 
 
 def touch_pending(session: Session, approval_id: str, *, stage: int, before_deadline: datetime) -> bool:

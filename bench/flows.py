@@ -44,10 +44,10 @@ def plain_latency(sent: float) -> None:
     _redis().rpush(LATENCY_KEY, time.time() - sent)
 
 
-@hitl.step(name="bench.latency")
-def latency_step(decision: hitl.Decision) -> None:
-    """The first continuation task: records how long after the approve() call it started."""
-    _redis().rpush(LATENCY_KEY, time.time() - float(decision.data["sent"]))
+@hitl.app.task(name="bench.plain.resumed")
+def latency_task(decision: dict[str, Any]) -> None:
+    """The first continuation task (a plain task): records how long after the approve() call it started."""
+    _redis().rpush(LATENCY_KEY, time.time() - float(decision["data"]["sent"]))
 
 
 @hitl.step(name="bench.step")
@@ -55,9 +55,28 @@ def step(x: Any) -> Any:
     return x if not isinstance(x, hitl.Decision) else x.outcome.value
 
 
+@hitl.workflow("bench-pause-plain")
+def bench_pause_plain(payload: Any) -> Any:
+    """3 plain Celery tasks, a wait, then 2 plain tasks (figures 1 and 2)."""
+    return (
+        plain_step.s(payload)
+        | plain_step.s()
+        | plain_step.s()
+        | hitl.wait_for_approval.s(key="bench", timeout="1h")
+        | plain_step.s()
+        | plain_step.s()
+    )
+
+
+@hitl.workflow("bench-nowait-plain")
+def bench_nowait_plain(payload: Any) -> Any:
+    """3 plain Celery tasks and no wait (figure 6)."""
+    return plain_step.s(payload) | plain_step.s() | plain_step.s()
+
+
 @hitl.workflow("bench-pause")
 def bench_pause(payload: Any) -> Any:
-    """3 steps, a wait, then a 2-step continuation."""
+    """3 journaled steps, a wait, then a 2-step continuation (figure 1b)."""
     return (
         step.s(payload)
         | step.s()
@@ -70,11 +89,11 @@ def bench_pause(payload: Any) -> Any:
 
 @hitl.workflow("bench-latency")
 def bench_latency(payload: Any) -> Any:
-    """A step, a wait, then a continuation whose first task records its start latency."""
-    return step.s(payload) | hitl.wait_for_approval.s(key="bench", timeout="1h") | latency_step.s()
+    """A plain task, a wait, then a continuation whose first (plain) task records its start latency."""
+    return plain_step.s(payload) | hitl.wait_for_approval.s(key="bench", timeout="1h") | latency_task.s()
 
 
 @hitl.workflow("bench-nowait")
 def bench_nowait(payload: Any) -> Any:
-    """3 steps and no wait."""
+    """3 journaled steps and no wait (figure 6b)."""
     return step.s(payload) | step.s() | step.s()

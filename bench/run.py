@@ -138,25 +138,39 @@ def throughput(stack: Any, db: str, n: int, rounds: int) -> list[Row]:
 
     pending = select(func.count()).select_from(Approval).where(Approval.status == ApprovalStatus.PENDING)
     pause: list[tuple[float, float]] = []
+    pause_steps: list[tuple[float, float]] = []
     decide: list[tuple[float, float]] = []
     nowait: list[tuple[float, float]] = []
-    continued, finished = runs_in("bench-pause", RunStatus.SUCCEEDED), runs_in("bench-nowait", RunStatus.SUCCEEDED)
+    nowait_steps: list[tuple[float, float]] = []
+    continued = runs_in("bench-pause-plain", RunStatus.SUCCEEDED)
+    finished = runs_in("bench-nowait-plain", RunStatus.SUCCEEDED)
+    finished_steps = runs_in("bench-nowait", RunStatus.SUCCEEDED)
+    plain_pending = (
+        select(Approval.id)
+        .join(Run, Run.id == Approval.run_id)
+        .where(Run.workflow == "bench-pause-plain", Approval.status == ApprovalStatus.PENDING)
+    )
     for _ in range(rounds):
         base = plain(n, 3)
-        pause.append((base, hitl_rate(pending, lambda i: hitl.start("bench-pause", i), list(range(n)))))
-        ids = [a for (a,) in _rows(select(Approval.id).where(Approval.status == ApprovalStatus.PENDING))]
+        pause.append((base, hitl_rate(pending, lambda i: hitl.start("bench-pause-plain", i), list(range(n)))))
+        ids = [a for (a,) in _rows(plain_pending)]
+        base = plain(n, 3)
+        pause_steps.append((base, hitl_rate(pending, lambda i: hitl.start("bench-pause", i), list(range(n)))))
         base = plain(n, 2)
         decide.append((base, hitl_rate(continued, lambda a: hitl.approve(a, actor="bench"), ids)))
         base = plain(n, 3)
-        nowait.append((base, hitl_rate(finished, lambda i: hitl.start("bench-nowait", i), list(range(n)))))
+        nowait.append((base, hitl_rate(finished, lambda i: hitl.start("bench-nowait-plain", i), list(range(n)))))
+        base = plain(n, 3)
+        nowait_steps.append((base, hitl_rate(finished_steps, lambda i: hitl.start("bench-nowait", i), list(range(n)))))
     rss_hitl = worker_rss_mb(stack)
 
-    pause_target = 0.9 if db == "sqlite" else 0.8
     rows = []
     for name, pairs, target in (
-        ("1. start→pause throughput (3 steps + wait)", pause, pause_target),
-        ("2. decision → 2-step continuation done", decide, 0.85),
-        ("6. workflow without wait vs plain 3-chain", nowait, 0.95),
+        ("1. start→pause throughput (3 plain tasks + wait)", pause, 0.9),
+        ("1b. start→pause throughput (3 @hitl.step steps + wait)", pause_steps, 0.7),
+        ("2. decision → 2-task continuation done", decide, 0.85),
+        ("6. workflow without wait, plain tasks, vs plain 3-chain", nowait, 0.95),
+        ("6b. workflow without wait, @hitl.step steps, vs plain 3-chain", nowait_steps, 0.7),
     ):
         base, value, ratio = _paired(pairs)
         rows.append(
@@ -332,12 +346,12 @@ def _timing_db(total: list[float]) -> Iterator[None]:
 def sweep_and_storage(db: str, due: int, big: int) -> list[Row]:
     from approvals.models import Approval
     from bench.flows import step
-    from hitl.canvas import bind_run
+    from hitl.canvas import compile_canvas
     from hitl.completion import sweep_deadlines
     from hitl.db import get_engine, session_scope
 
     # What a real wait stores: the 2-step continuation of bench-pause, bound to a run.
-    continuation = bind_run(step.s() | step.s(), "0123456789abcdef")
+    continuation = [compile_canvas(step.s() | step.s(), "0123456789abcdef", base="0123456789abcdef/resume")]
 
     def clear() -> None:
         runs = "SELECT id FROM hitl_runs WHERE workflow = 'bench-storage'"
@@ -509,21 +523,100 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def dbos_peer_rows(rows: list[Row], pg: Any, quick: bool) -> list[Row]:
+    """The peer figures: DBOS Transact's figures 1, 2, 3 and 6 on the same PostgreSQL server, same core budget
+    (2 worker processes and a client), and hitl's PostgreSQL figures over DBOS's (bench/dbos_peer.py)."""
+    from bench.dbos_peer import measure
+
+    n, rounds = (150, 3) if quick else (2000, 3)
+    hitl_pg: dict[str, Row] = {}
+    for r in rows:  # the first row of each figure number (figure 6's RSS row comes after its rate)
+        if r["database"] == "postgresql":
+            hitl_pg.setdefault(r["figure"].split(".")[0], r)
+    decide = hitl_pg.get("2")
+    rate = (decide["value"] / 2) if decide else 40.0
+    peer = measure(pg.create_database("dbos"), n, rounds, latency_rate=rate, latency_samples=200 if quick else 2000)
+    figs = peer["figures"]
+    out = []
+    for key, mine, name in (
+        ("pause_rate", "1", "peer 1. start→pause (3 steps + wait)"),
+        ("decide_rate", "2", "peer 2. decision → 2-step continuation done"),
+        ("nowait_rate", "6", "peer 6. workflow without wait"),
+    ):
+        theirs = figs[key]["median"]
+        value = hitl_pg[mine]["value"] if mine in hitl_pg else None
+        ratio = value / theirs if value and theirs else None
+        out.append(
+            figure(
+                name + " (hitl plain tasks / DBOS)",
+                "postgresql",
+                theirs,
+                value or 0.0,
+                "runs/s",
+                ">= 1.2x",
+                ratio is not None and ratio >= 1.2,
+                ratio=ratio,
+                rounds=[[r] for r in figs[key]["rounds"]],
+            )
+        )
+    p50 = next(
+        (r for r in rows if r["database"] == "postgresql" and r["figure"].startswith("3.") and "p50" in r["figure"]),
+        None,
+    )
+    theirs = figs["latency_ms"]["p50"]
+    if p50 is not None and theirs is not None:
+        out.append(
+            figure(
+                "peer 3. decision → continuation start p50 (DBOS / hitl)",
+                "postgresql",
+                theirs,
+                p50["value"],
+                "ms",
+                "below DBOS",
+                p50["value"] < theirs,
+                higher_is_better=False,
+            )
+        )
+    out.append(
+        figure(
+            "peer rows per no-wait run (DBOS)",
+            "postgresql",
+            None,
+            peer["rows_per_nowait_run"] or 0,
+            "rows",
+            "",
+            None,
+            higher_is_better=False,
+        )
+    )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (under 3 minutes)")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--peer",
+        choices=["dbos"],
+        action="append",
+        default=[],
+        help="also measure a peer on the same PostgreSQL server (dbos: DBOS Transact, pip install 'hitl[bench]')",
+    )
     args = parser.parse_args()
     from tests.pg import start_postgres
 
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    pg = start_postgres() if "postgresql" in dbs else None
+    pg = start_postgres() if "postgresql" in dbs or args.peer else None
     started = time.time()
     rows: list[Row] = []
     try:
         for db in dbs:
             print(f"measuring on {db}...", flush=True)
             rows += run_db(db, args.quick, pg)
+        if "dbos" in args.peer:
+            print("measuring DBOS Transact on postgresql...", flush=True)
+            rows += dbos_peer_rows(rows, pg, args.quick)
     finally:
         if pg is not None:
             pg.stop()

@@ -1,8 +1,8 @@
 """hitl: human-in-the-loop approvals for Celery.
 
-A workflow is a Celery chain with a wait step in it. The wait stores a pending approval and ends the chain;
-a decision (or the deadline) resumes the rest of the chain exactly once, with a typed
-:class:`~approvals.schemas.Decision`. Public API::
+A workflow is a Celery canvas with waits in it: any Celery tasks (plain ones, or journaled ``@hitl.step`` steps),
+groups and chords. A wait stores a pending approval and ends the chain; a decision (or the deadline) resumes the
+rest exactly once, with a typed :class:`~approvals.schemas.Decision`. Public API::
 
     import hitl
 
@@ -35,16 +35,20 @@ from approvals.errors import (
     RunNotFound,
     UnknownWorkflow,
     UsageError,
+    WorkflowError,
 )
 from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus
+from hitl import signals as _signals  # noqa: F401 - plain tasks of a run: their success and failure
 from hitl.app import app
+from hitl.canvas import parallel
 from hitl.completion import approve, decide, reject
 from hitl.lookback import create_approval
 from hitl.registry import workflow
 from hitl.runs import cancel, start
 from hitl.steps import Step, Stop, step
 from hitl.views import get_approval, get_run, list_approvals, list_runs
+from hitl.waits import finish_run as _finish_run  # noqa: F401 - registers hitl.finish_run
 from hitl.waits import wait_for_approval
 
 __all__ = [
@@ -71,6 +75,7 @@ __all__ = [
     "Stop",
     "UnknownWorkflow",
     "UsageError",
+    "WorkflowError",
     "app",
     "approve",
     "cancel",
@@ -80,6 +85,7 @@ __all__ = [
     "get_run",
     "list_approvals",
     "list_runs",
+    "parallel",
     "reject",
     "start",
     "step",

@@ -37,6 +37,10 @@ def reconfigure() -> None:
     The broker connection pools are dropped; the next publish connects to the new URL.
     """
     from hitl.broker import broker_url
+    from hitl.settings import get_settings, result_engine_options
 
     app.conf.broker_url = broker_url()
+    app.conf.result_backend = get_settings().resolved_result_backend
+    app.conf.database_engine_options = result_engine_options(app.conf.result_backend)
     app._after_fork()  # Celery's own reset of the connection and producer pools
+    app._local.__dict__.pop("backend", None)  # the result backend is made again from the new URL

@@ -1,65 +1,94 @@
-"""The audit log: an append-only record of every decision attempt, accepted or refused, chained by hashes.
+"""The audit log: an append-only record of every decision attempt, accepted or refused, in hash chains per run.
 
 Each entry stores who tried what, when, through which channel, whether it was accepted (and if not, why),
 the comment, and the SHA-256 of the decision data (``payload_hash``). Its ``hash`` is SHA-256 over all of
-these fields and ``prev_hash``, the hash of the entry before it (64 zeros for the first one), so an entry
-that is edited, or deleted from the middle, breaks the chain; :func:`verify` finds the first break.
+these fields, its ``chain`` and ``prev_hash``, the hash of the entry before it *in the same chain* (64 zeros
+for a chain's first), so an entry that is edited, or deleted from the middle of its chain, breaks that
+chain; :func:`verify` finds it.
 
-A chain alone cannot show that its newest entries were removed (or the newest one rewritten): what is left
-is still a valid chain. Keep the head hash that ``hitl audit verify`` prints somewhere else (a ticket, a
-log shipper, a notary) and pass it later as the anchor (``verify(anchor=...)``, ``--anchor``) to detect
-that too.
+**One chain per run, not one for the log.** A single chain needs a single lock: every decision of the
+cluster would wait for every other one to commit. An entry instead joins its run's chain (the run's id), or
+``approval:<id>`` for an approval created ahead that no run has taken yet, or ``-`` for an attempt naming
+nothing that exists; :mod:`hitl.audit_chains` has the rules. Appends to one chain are serialised, so two
+deciders on two approvals of the same run never chain onto the same predecessor; appends to two chains
+never wait on each other. On PostgreSQL the lock of a run's chain is the run's row (``FOR NO KEY UPDATE``),
+which a decision transaction holds already once it moved the run: nothing global on the decision path, and
+nothing in PostgreSQL's shared lock table, so a deadline sweep of 10,000 runs takes 10,000 row locks, not
+10,000 advisory locks (see :mod:`hitl.audit_chains`). On SQLite, hitl's ``BEGIN IMMEDIATE`` transactions already let one
+writer in at a time. The chain's lock is held until commit, so :func:`record` is called last in its
+transaction.
 
-Appending is serialised so that two writers never chain onto the same predecessor: on PostgreSQL by a
-transaction-scoped advisory lock taken before reading the last hash; on SQLite by hitl's ``BEGIN
-IMMEDIATE`` transactions, which already let one writer in at a time. The lock is held until commit, so
-:func:`record` is the last write of its transaction: taking it after every row lock of the transaction
-means two transactions never wait on each other in opposite orders.
+**Anchors.** A chain cannot show that its newest entries were removed (or its newest one rewritten): what
+is left is still a valid chain. The beat job ``hitl.anchor_audit`` (:func:`anchor`, every
+``HITL_AUDIT_ANCHOR_INTERVAL`` s) appends to the ``anchor`` chain an entry naming the head (id and hash) of
+every chain that got entries since the previous anchor; :func:`verify` checks that each head an anchor names
+is still there with that hash, so a run chain cut or rewritten before its last anchor is found. What anchors
+cannot show is the anchor chain's own newest entries removed: keep the head hash :func:`verify` prints (the
+anchor chain's head) somewhere else (a ticket, a log shipper, a notary) and pass it later as ``anchor``.
+
+**Legacy entries.** The entries written before migration 0005 formed one chain over the whole log; the
+migration puts them in chain ``legacy``, whose hashes are computed, as they were, without ``chain``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Table, insert, or_, select, text
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InfrastructureError
 from approvals.models import Approval, AuditRecord, utcnow
-from hitl.db import session_scope
+from approvals.transitions import not_indexed
+from hitl.audit_chains import (
+    ANCHOR_CHAIN,
+    GENESIS,
+    HASHED_FIELDS,
+    LEGACY_CHAIN,
+    STRAY_CHAIN,
+    TABLE,
+    anchor_payload,
+    canonical_json,
+    entry_hash,
+    heads,
+    lock_named,
+    parse_anchor,
+    payload_hash,
+    place,
+)
+from hitl.audit_verify import AuditReport, verify
+from hitl.db import read_session, session_scope
 
-_TABLE = cast(Table, AuditRecord.__table__)
+__all__ = [
+    "ANCHOR_ACTOR",
+    "ANCHOR_CHAIN",
+    "GENESIS",
+    "HASHED_FIELDS",
+    "LEGACY_CHAIN",
+    "STRAY_CHAIN",
+    "AuditEntry",
+    "AuditReport",
+    "anchor",
+    "canonical_json",
+    "entries",
+    "entry_fields",
+    "entry_hash",
+    "payload_hash",
+    "record",
+    "record_many",
+    "record_refused",
+    "verify",
+]
+
 #: A Core INSERT (one statement; the ORM's unit of work costs more than the statement on the decision path).
-_INSERT_ENTRY = insert(_TABLE).returning(_TABLE.c.id)
+_INSERT_ENTRY = insert(TABLE).returning(TABLE.c.id)
+#: Actor of the anchor entries.
+ANCHOR_ACTOR = "hitl:anchor"
 
 log = logging.getLogger(__name__)
-
-#: ``prev_hash`` of the first entry.
-GENESIS = "0" * 64
-#: Key of the PostgreSQL advisory lock that serialises appends (any constant 64-bit integer; "hitlaudt").
-ADVISORY_LOCK_KEY = 0x6869746C61756474
-#: Entries read per transaction by :func:`verify`.
-VERIFY_BATCH = 1000
-#: The fields ``hash`` covers, in the order they are listed in its canonical encoding (keys are sorted).
-HASHED_FIELDS = (
-    "at",
-    "actor",
-    "channel",
-    "action",
-    "approval_id",
-    "run_id",
-    "outcome",
-    "accepted",
-    "reason",
-    "comment",
-    "payload_hash",
-    "prev_hash",
-)
 
 
 class AuditEntry(BaseModel):
@@ -77,60 +106,16 @@ class AuditEntry(BaseModel):
     reason: str | None
     comment: str | None
     payload_hash: str
+    #: The chain it belongs to: a run id, ``approval:<id>``, ``-``, ``anchor`` or ``legacy``.
+    chain: str
     prev_hash: str
     hash: str
 
 
-class AuditReport(BaseModel):
-    """What :func:`verify` found: whether the chain is intact, and where it first breaks if not."""
-
-    ok: bool
-    #: Entries checked (up to and including the first broken one).
-    checked: int
-    #: Id and hash of the newest entry (on a break, of the last entry that fits): keep the hash elsewhere
-    #: to detect a truncated log later.
-    head_id: int | None
-    head_hash: str | None
-    #: Id of the first entry that does not fit the chain.
-    broken_id: int | None = None
-    #: ``edited``: its hash does not match its fields. ``deleted_or_reordered``: its ``prev_hash`` is not
-    #: the hash of the entry before it (that entry was deleted, rewritten with a new hash, or moved).
-    #: ``truncated``: the anchor hash given to :func:`verify` is not in the chain.
-    problem: Literal["edited", "deleted_or_reordered", "truncated"] | None = None
-    detail: str | None = None
-
-
-def canonical_json(value: Any) -> bytes:
-    """Return ``value`` as canonical JSON: sorted keys, no whitespace, UTF-8 (not JSON: its ``str()``)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def payload_hash(payload: Any) -> str:
-    """Return the SHA-256 (hex) of the canonical JSON of ``payload`` (the decision data; None hashes ``null``)."""
-    return hashlib.sha256(canonical_json(payload)).hexdigest()
-
-
-def entry_hash(fields: dict[str, Any]) -> str:
-    """Return the hash of an entry: SHA-256 (hex) of the canonical JSON of its :data:`HASHED_FIELDS`.
-
-    ``at`` is encoded as ISO 8601 in UTC with microseconds, so the hash survives a round trip through the
-    database (PostgreSQL and SQLite both keep microseconds).
-    """
-    values = {name: fields[name] for name in HASHED_FIELDS}
-    at: datetime = values["at"]
-    values["at"] = at.astimezone(UTC).isoformat(timespec="microseconds")
-    return hashlib.sha256(canonical_json(values)).hexdigest()
-
-
 def _clip(column: str, value: str | None) -> str | None:
     """Cut ``value`` to the length of its column (an attempt with a 300-character id is still recorded)."""
-    length = getattr(AuditRecord.__table__.c[column].type, "length", None)
+    length = getattr(TABLE.c[column].type, "length", None)
     return value[:length] if value is not None and length else value
-
-
-def _lock(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
 
 
 def record(
@@ -147,10 +132,9 @@ def record(
     comment: str | None = None,
     payload: Any = None,
 ) -> int:
-    """Append one entry to the audit log in ``session``'s transaction; return its id.
+    """Append one entry to its chain in ``session``'s transaction; return its id.
 
-    Call it last in the transaction (see the module docstring): on PostgreSQL it takes the log's advisory
-    lock, held until commit.
+    Call it last in the transaction (see the module docstring): it locks the entry's chain until commit.
 
     Args:
         action: what was attempted: ``decide``, ``timeout``, ``cancel``.
@@ -158,12 +142,11 @@ def record(
         channel: where it came from: ``cli``, ``api``, ``http``, ``link``, ``inbox``, ``deadline``.
         accepted: whether it took effect; ``reason`` says why not.
         approval_id, run_id: what it was about; ``run_id`` is looked up from the approval when not given.
+            They choose the chain (:func:`hitl.audit_chains.place`).
         outcome: the outcome asked for (``approved``, ``rejected``, ``timed_out``, ``cancelled``).
         comment: the person's comment.
         payload: the decision data; only its SHA-256 is stored (:func:`payload_hash`).
     """
-    if run_id is None and approval_id is not None:
-        run_id = session.scalar(select(Approval.run_id).where(Approval.id == approval_id))
     fields = entry_fields(
         action=action,
         actor=actor,
@@ -176,9 +159,10 @@ def record(
         comment=comment,
         payload=payload,
     )
-    _lock(session)
-    fields["prev_hash"] = _head(session)
     session.flush()  # what the caller added goes first (the entry may refer to it)
+    [(chain, fields["run_id"])] = place(session, [(fields["run_id"], fields["approval_id"])])
+    fields["chain"] = chain
+    fields["prev_hash"] = heads(session, [chain]).get(chain, GENESIS)
     return int(session.execute(_INSERT_ENTRY, {**fields, "hash": entry_hash(fields)}).scalar_one())
 
 
@@ -195,9 +179,9 @@ def entry_fields(
     comment: str | None = None,
     payload: Any = None,
 ) -> dict[str, Any]:
-    """Return the fields of an entry, stamped now, before it is chained (for :func:`record_many`).
+    """Return the fields of an entry, stamped now, before it is placed in a chain (for :func:`record_many`).
 
-    Arguments as for :func:`record`, except that ``run_id`` is not looked up.
+    Arguments as for :func:`record`.
     """
     return {
         "at": utcnow(),
@@ -217,24 +201,21 @@ def entry_fields(
 def record_many(session: Session, items: list[dict[str, Any]]) -> None:
     """Append entries made by :func:`entry_fields`, in order, in ``session``'s transaction.
 
-    One lock, one read of the head hash and one multi-row INSERT for all of them (the deadline sweep
-    times out thousands of approvals per transaction). The same rule as :func:`record`: call it last.
+    The deadline sweep times out thousands of approvals per transaction, each in its run's chain: the
+    chains are placed and locked, and their heads read, in a few statements for all of them (one per 1,000
+    chains), then one multi-row INSERT writes the entries. Entries of one chain chain onto each other in
+    list order. The same rule as :func:`record`: call it last.
     """
     if not items:
         return
-    _lock(session)
-    prev = _head(session)
+    placed = place(session, [(f["run_id"], f["approval_id"]) for f in items])
+    prev = heads(session, sorted({p.chain for p in placed}))
     rows = []
-    for fields in items:
-        row = {**fields, "prev_hash": prev}
-        row["hash"] = prev = entry_hash(row)
+    for fields, (chain, run_id) in zip(items, placed, strict=True):
+        row = {**fields, "run_id": run_id, "chain": chain, "prev_hash": prev.get(chain, GENESIS)}
+        row["hash"] = prev[chain] = entry_hash(row)
         rows.append(row)
-    session.execute(insert(_TABLE), rows)  # executed in list order: ids follow the chain
-
-
-def _head(session: Session) -> str:
-    """Return the hash of the newest entry (:data:`GENESIS` when the log is empty)."""
-    return session.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)) or GENESIS
+    session.execute(insert(TABLE), rows)  # executed in list order: ids follow each chain
 
 
 def record_refused(
@@ -274,92 +255,87 @@ def record_refused(
         log.exception("could not write the audit entry of a refused %s by %s on %s", action, actor, approval_id)
 
 
+def anchor() -> int | None:
+    """Append an anchor: one entry to the ``anchor`` chain naming the head of every chain that changed.
+
+    A chain changed when it got entries since the previous anchor. The entry's ``comment`` holds the
+    canonical JSON of :func:`hitl.audit_chains.anchor_payload`: the ``(chain, head id, head hash)`` of each,
+    and the ids it read up to. It reads the entries after the ``through`` of the anchor *before* the
+    previous one: on PostgreSQL an entry can commit after an anchor read the log with an id below the
+    largest it saw (ids are taken at insert, entries become visible at commit), and the next anchor then
+    names it. An entry that takes longer than one anchor interval from insert to commit is named with its
+    chain's next entry only.
+
+    Returns:
+        The new entry's id, or None when no chain changed (nothing is appended).
+    """
+    with session_scope() as s:
+        lock_named(s, ANCHOR_CHAIN)
+        last = s.execute(
+            select(TABLE.c.hash, TABLE.c.comment)
+            .where(TABLE.c.chain == ANCHOR_CHAIN)
+            .order_by(TABLE.c.id.desc())
+            .limit(1)
+        ).one_or_none()
+        named, through, after = ({}, 0, 0) if last is None else _previous(last.comment)
+        newest = (
+            select(func.max(TABLE.c.id).label("id"))
+            .where(TABLE.c.id > after, not_indexed(TABLE.c.chain) != ANCHOR_CHAIN)  # the primary key's range
+            .group_by(not_indexed(TABLE.c.chain))
+            .subquery()
+        )
+        found = s.execute(select(TABLE.c.chain, TABLE.c.id, TABLE.c.hash).join(newest, TABLE.c.id == newest.c.id))
+        changed = sorted((chain, entry_id, hash_) for chain, entry_id, hash_ in found if named.get(chain) != entry_id)
+        if not changed:
+            return None
+        payload = anchor_payload(changed, max(through, *(entry_id for _, entry_id, _ in changed)), through)
+        fields = entry_fields(
+            action="anchor",
+            actor=ANCHOR_ACTOR,
+            channel="beat",
+            accepted=True,
+            approval_id=None,
+            run_id=None,
+            comment=canonical_json(payload).decode(),
+            payload=payload,
+        )
+        fields["chain"] = ANCHOR_CHAIN
+        fields["prev_hash"] = GENESIS if last is None else last.hash
+        entry_id = int(s.execute(_INSERT_ENTRY, {**fields, "hash": entry_hash(fields)}).scalar_one())
+    log.info("audit anchor %s names the heads of %d chains", entry_id, len(changed))
+    return entry_id
+
+
+def _previous(comment: str | None) -> tuple[dict[str, int], int, int]:
+    """The previous anchor's heads (chain → head id), its ``through`` and its ``rescan_after``."""
+    try:
+        named, through, after = parse_anchor(comment)
+    except ValueError:  # a forged or damaged anchor (verify reports it): read the whole log again
+        log.warning("the newest audit anchor has no readable payload; anchoring every chain")
+        return {}, 0, 0
+    return {chain: entry_id for chain, entry_id, _ in named}, through, after
+
+
 def _entry(row: AuditRecord) -> AuditEntry:
     return AuditEntry.model_validate(row, from_attributes=True)
 
 
-def entries(run_id: str | None = None, approval_id: str | None = None) -> list[AuditEntry]:
-    """Return audit entries, oldest first: all of them, or those of one run and/or one approval.
+def entries(run_id: str | None = None, approval_id: str | None = None, chain: str | None = None) -> list[AuditEntry]:
+    """Return audit entries, oldest first: all of them, or those of one run, one approval and/or one chain.
 
-    A run's entries include those on its approvals recorded before the run took them (approvals created
-    ahead, see :mod:`hitl.lookback`).
+    A run's entries are its chain, with the entries on its approvals recorded before the run took them
+    (approvals created ahead, see :mod:`hitl.lookback`; chain ``approval:<id>``) and its entries from before
+    migration 0005 (chain ``legacy``).
     """
     query = select(AuditRecord).order_by(AuditRecord.id)
     if run_id is not None:
         of_run = select(Approval.id).where(Approval.run_id == run_id)
-        query = query.where(or_(AuditRecord.run_id == run_id, AuditRecord.approval_id.in_(of_run)))
+        query = query.where(
+            or_(AuditRecord.chain == run_id, AuditRecord.run_id == run_id, AuditRecord.approval_id.in_(of_run))
+        )
     if approval_id is not None:
         query = query.where(AuditRecord.approval_id == approval_id)
-    with session_scope() as s:
+    if chain is not None:
+        query = query.where(AuditRecord.chain == chain)
+    with read_session() as s:
         return [_entry(row) for row in s.scalars(query)]
-
-
-def _check(row: AuditRecord, expected_prev: str, prev_id: int | None) -> AuditReport | None:
-    """Return the problem with ``row`` given the hash it should chain onto, or None if it fits."""
-    if row.prev_hash != expected_prev:
-        after = f"entry {prev_id}" if prev_id is not None else "the start of the log"
-        return AuditReport(
-            ok=False,
-            checked=0,
-            head_id=None,
-            head_hash=None,
-            broken_id=row.id,
-            problem="deleted_or_reordered",
-            detail=f"entry {row.id}: its prev_hash does not match the hash of {after} "
-            "(an entry between them was deleted, or moved, or the one before was rewritten with a new hash)",
-        )
-    fields = {name: getattr(row, name) for name in HASHED_FIELDS}
-    if entry_hash(fields) != row.hash:
-        return AuditReport(
-            ok=False,
-            checked=0,
-            head_id=None,
-            head_hash=None,
-            broken_id=row.id,
-            problem="edited",
-            detail=f"entry {row.id}: its hash does not match its fields (it was edited after it was written)",
-        )
-    return None
-
-
-def verify(anchor: str | None = None) -> AuditReport:
-    """Walk the whole log, oldest first, and check every entry's hash and link to the one before.
-
-    Entries are read in batches of :data:`VERIFY_BATCH`, each in a short transaction, so writers are not
-    held up; entries appended meanwhile are checked too. A truncated log (newest entries removed) still
-    verifies by its chain alone: pass a head hash kept elsewhere from an earlier run as ``anchor`` to
-    detect that.
-
-    Args:
-        anchor: a hash the chain must contain (an earlier ``head_hash``).
-
-    Returns:
-        The report: ``ok`` and the head, or the first broken entry's id, the kind of break and a sentence.
-    """
-    expected, prev_id, checked, anchored = GENESIS, None, 0, anchor is None
-    while True:
-        with session_scope() as s:
-            query = select(AuditRecord).order_by(AuditRecord.id).limit(VERIFY_BATCH)
-            if prev_id is not None:
-                query = query.where(AuditRecord.id > prev_id)
-            batch = list(s.scalars(query))
-        for row in batch:
-            checked += 1
-            broken = _check(row, expected, prev_id)
-            if broken is not None:
-                return broken.model_copy(update={"checked": checked, "head_id": prev_id, "head_hash": expected})
-            expected, prev_id = row.hash, row.id
-            anchored = anchored or row.hash == anchor
-        if len(batch) < VERIFY_BATCH:
-            break
-    head = None if prev_id is None else expected
-    if not anchored:
-        return AuditReport(
-            ok=False,
-            checked=checked,
-            head_id=prev_id,
-            head_hash=head,
-            problem="truncated",
-            detail=f"no entry has the anchor hash {anchor}: entries from it on were removed (or rewritten)",
-        )
-    return AuditReport(ok=True, checked=checked, head_id=prev_id, head_hash=head)

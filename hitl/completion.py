@@ -31,7 +31,7 @@ from approvals.transitions import (
     touch_pending,
     why_not_pending,
 )
-from hitl import audit, groups, outbox
+from hitl import audit, groups, joins, outbox
 from hitl.db import read_session, session_scope
 from hitl.jsonsafe import check_size
 
@@ -519,7 +519,10 @@ def _record(
 
 
 def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMessage]:
-    """Write the continuation for ``decision`` to the outbox (or end the run if there is none)."""
+    """Write the continuation for ``decision`` to the outbox (or end the run if there is none); an approval of a
+    parallel wait goes on only with its group (:mod:`hitl.joins`)."""
+    if joins.is_joined(approval):
+        return joins.settle(s, approval, decision.outcome, decision_of)
     sigs = continuation_of(s, approval, decision)
     if not sigs:
         return []

@@ -22,8 +22,8 @@ from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeo
 from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import CHUNK, end_runs, insert_events, move_runs, not_indexed
-from hitl import audit, outbox
-from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, make_decision, resolved_detail, resume_task_id
+from hitl import audit, joins, outbox
+from hitl.completion import _TERMINAL_FOR, DEADLINE_ACTOR, decision_of, make_decision, resolved_detail, resume_task_id
 from hitl.db import session_scope
 
 _DECISIONS = cast(Table, DecisionRecord.__table__)
@@ -74,6 +74,7 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
     resumed: list[tuple[str, str, list[dict[str, Any]], list[Any]]] = []
     ended: dict[RunStatus, dict[str, Any]] = defaultdict(dict)
     audited: list[tuple[Approval, Outcome, dict[str, Any]]] = []
+    joined: list[tuple[Approval, Outcome]] = []
     for approval in due:
         outcome, defaulted = timeout_outcome(approval)
         data = default_data(approval) if defaulted and outcome is not Outcome.TIMED_OUT else {}
@@ -105,6 +106,9 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
         payload = make_decision(
             approval, outcome, actor=DEADLINE_ACTOR, comment=None, data=data, at=now, defaulted=defaulted
         ).model_dump(mode="json")
+        if joins.is_joined(approval):  # a parallel wait goes on with its group, once its decision row exists
+            joined.append((approval, outcome))
+            continue
         if outcome is Outcome.TIMED_OUT and approval.timeout_default == FAIL_DEFAULT:
             ended[RunStatus.FAILED][approval.run_id] = payload
             continue
@@ -119,6 +123,8 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
     for status, results in ended.items():
         end_runs(s, status, results)
     sent = outbox.enqueue_many(s, resumed)
+    for approval, outcome in joined:
+        sent += joins.settle(s, approval, outcome, decision_of)
     audit.record_many(  # last: the audit log's lock is held until commit (hitl.audit)
         s,
         [

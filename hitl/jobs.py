@@ -1,8 +1,11 @@
-"""The engine's beat jobs: the deadline sweep, the outbox relay, the reminder sweep and the notification sender."""
+"""The engine's beat jobs: the deadline sweep, the outbox relay, the reminder sweep, the notification sender and
+the audit log's anchors."""
 
 from __future__ import annotations
 
-from hitl import completion, notify, outbox, reminders
+from hitl import audit, completion, notify, outbox, reminders
+from hitl import signals as _signals  # noqa: F401 - connects the handlers of plain tasks' signals
+from hitl import waits as _waits  # noqa: F401 - registers hitl.wait_for_approval and hitl.finish_run
 from hitl.app import app
 from hitl.settings import get_settings
 
@@ -36,3 +39,10 @@ def send_notifications() -> int:
     """Send due notices (beat, every ``HITL_NOTIFY_INTERVAL`` s, queue ``HITL_NOTIFY_QUEUE``); return how many
     were delivered."""
     return notify.send_due()
+
+
+@app.task(name="hitl.anchor_audit")
+def anchor_audit() -> int | None:
+    """Anchor the audit log's chains (beat, every ``HITL_AUDIT_ANCHOR_INTERVAL`` s); return the anchor entry's
+    id, or None when no chain got entries since the previous anchor (see :func:`hitl.audit.anchor`)."""
+    return audit.anchor()

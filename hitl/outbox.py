@@ -6,8 +6,9 @@ Life of a row (``hitl_outbox``):
 1. Written in the caller's transaction with ``sent_at`` set (optimistically: the publish follows the commit).
 2. Published after commit. If publishing fails (broker down), ``sent_at`` is cleared (``attempts``, the
    re-send count, is not raised: the backoff below counts re-sends of sent rows only).
-3. ``delivered_at`` is set in the transaction in which the receiving step finishes (or is skipped), or
-   earlier by the step watcher when the step runs long (:mod:`hitl.steplog`): from then on the row is done.
+3. ``delivered_at`` is set when the message's first task has run: in the transaction in which a journaled step
+   finishes (or is skipped), earlier by the step watcher when the step runs long (:mod:`hitl.steplog`), or, for
+   a plain task, by its worker process's batched receipts (:mod:`hitl.signals`). From then on the row is done.
 
 The relay (beat every ``HITL_RELAY_INTERVAL`` s, and once when a worker starts) publishes rows that are
 unsent after ``HITL_RELAY_GRACE`` s, and re-publishes rows sent but not delivered after
@@ -32,9 +33,10 @@ from sqlalchemy.orm import Session
 
 from approvals.errors import BrokerUnavailable
 from approvals.models import OutboxMessage, utcnow
-from hitl.app import app
+from approvals.status import RunStatus
+from approvals.transitions import end_run
 from hitl.broker import ensure_broker
-from hitl.canvas import apply_chain
+from hitl.canvas import apply_canvas
 from hitl.db import read_session, session_scope
 from hitl.settings import get_settings
 
@@ -94,21 +96,27 @@ def enqueue_many(
     return [OutboxMessage(**row) for row in rows]
 
 
-def publish(rows: list[OutboxMessage]) -> int:
+class Unbuildable(Exception):
+    """A message that cannot be built (Celery refused its arguments, say); raised by :func:`publish` with
+    ``strict=True``, from the original error."""
+
+
+def publish(rows: list[OutboxMessage], *, strict: bool = False) -> int:
     """Publish committed outbox rows now, on one broker connection; return how many went out.
 
-    A row that cannot be published (broker down) is marked unsent for the relay; nothing is raised. The
+    A row that cannot be published (broker down) is marked unsent for the relay; nothing is raised. A row whose
+    message cannot be built fails its run (``strict=True``: raises :class:`Unbuildable` instead). The
     embedded broker is checked on a process's first publish and after a failed one (then started if it is
     not running, and the rest tried once more), not before every message.
     """
     if not rows:
         return 0
     _check_broker_once()
-    sent, error = _send(rows)
+    sent, error = _send(rows, strict)
     if error is not None and get_settings().embedded_broker:
         with contextlib.suppress(*_PUBLISH_ERRORS):
             ensure_broker()
-            more, error = _send(rows[sent:])
+            more, error = _send(rows[sent:], strict)
             sent += more
     if error is None:
         return sent
@@ -135,17 +143,38 @@ def _check_broker_once() -> None:
             _broker_checked = key
 
 
-def _send(rows: list[OutboxMessage]) -> tuple[int, Exception | None]:
-    """Publish ``rows`` in order on one producer; return how many went out and the error that stopped it."""
+def _send(rows: list[OutboxMessage], strict: bool = False) -> tuple[int, Exception | None]:
+    """Publish ``rows`` in order; return how many went out and the error that stopped it.
+
+    Each row's messages take a producer from the app's pool and give it back, rather than sharing one held for
+    the batch: sending a chord publishes ``celery.chord_unlock`` on a producer of Celery's own choosing, so a
+    held producer plus that one exhausted the pool (``broker_pool_limit``, 10) with ten concurrent deciders.
+    """
     sent = 0
     try:
-        with app.producer_or_acquire() as producer:
-            for row in rows:
-                apply_chain(row.signature["tasks"], row.args, row.task_id, producer=producer)
-                sent += 1
+        for row in rows:
+            try:
+                apply_canvas(row.signature["tasks"], row.args, row.task_id, row.run_id)
+            except _PUBLISH_ERRORS:
+                raise
+            except Exception as exc:  # the message cannot be built: no re-send will help
+                if strict:
+                    raise Unbuildable(f"{type(exc).__name__}: {exc}") from exc
+                _unbuildable(row, exc)
+            sent += 1
     except _PUBLISH_ERRORS as exc:
         return sent, exc
     return sent, None
+
+
+def _unbuildable(row: OutboxMessage, exc: Exception) -> None:
+    """Fail the run of an outbox row whose message cannot be built (Celery refused its arguments, say)."""
+    error = f"the message {row.task_id} cannot be sent: {type(exc).__name__}: {exc}"
+    log.error("outbox: %s; its run %s fails", error, row.run_id)
+    with session_scope() as s:
+        mark_delivered(s, row.task_id)
+        if row.run_id is not None:
+            end_run(s, row.run_id, RunStatus.FAILED, {"error": error}, error=error)
 
 
 def mark_delivered(session: Session, task_id: str) -> None:

@@ -177,13 +177,16 @@ def show_run(run: RunView) -> None:
 
 
 def audit_table(rows: Sequence[AuditEntry]) -> Table:
-    """A table of audit entries: id, time, who, through which channel, what, accepted or not, why, short hash."""
+    """A table of audit entries: id, chain, time, who, through which channel, what, accepted or not, why, short
+    hash."""
     table = Table(box=None, pad_edge=False)
-    for col in ("ID", "AT (UTC)", "ACTOR", "CHANNEL", "ACTION", "OUTCOME", "RESULT", "REASON / COMMENT", "HASH"):
+    columns = ("ID", "CHAIN", "AT (UTC)", "ACTOR", "CHANNEL", "ACTION", "OUTCOME", "RESULT", "REASON / COMMENT", "HASH")
+    for col in columns:
         table.add_column(col)
     for e in rows:
         table.add_row(
             str(e.id),
+            Text(e.chain),
             e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
             Text(e.actor),
             e.channel,

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound
-from approvals.models import Run
+from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound, WorkflowError
+from approvals.models import OutboxMessage, Run, RunEvent
 from approvals.status import EventKind, RunStatus
 from approvals.transitions import add_event, cancel_pending_approvals, end_run
 from hitl import audit, blobs, outbox
-from hitl.canvas import bind_run
+from hitl.app import app
+from hitl.canvas import compile_canvas, map_leaves
 from hitl.db import read_session, session_scope
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size, jsonable
 from hitl.registry import get_workflow
+from hitl.steps import Step
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def start(
     Raises:
         UnknownWorkflow: no workflow has that name.
         InvalidPayload: the payload fails the workflow's input model or is not JSON.
+        WorkflowError: the workflow's canvas has a shape hitl cannot run, a task in it cannot take its
+            arguments, or a wait's options are invalid (nothing is stored).
         PayloadTooLarge: the payload exceeds ``HITL_MAX_PAYLOAD_BYTES``.
     """
     if idempotency_key is not None:
@@ -52,7 +56,9 @@ def start(
     payload = wf.validate(payload)
     check_size(payload)
     run_id = new_id()
-    sigs = bind_run(wf.build(payload), run_id)
+    compiled = compile_canvas(wf.build(payload), run_id)
+    if compiled is None:
+        raise WorkflowError(f"workflow {wf.name!r} built an empty canvas: nothing to run")
     try:
         with session_scope() as s:
             values = {
@@ -65,15 +71,39 @@ def start(
             }
             s.execute(_INSERT_RUN, values)
             add_event(s, run_id=run_id, kind=EventKind.CREATED, name=wf.name)
-            row = outbox.enqueue(s, run_id, f"{run_id}.start", blobs.store_in_args(s, sigs), [])
+            row = outbox.enqueue(s, run_id, f"{run_id}.start", [_store_large_inputs(s, compiled)], [])
     except InfrastructureError as exc:
         if idempotency_key is not None and isinstance(exc.__cause__, IntegrityError):
             existing = _run_for_key(idempotency_key)
             if existing:
                 return existing
         raise
-    outbox.publish([row])
+    try:
+        outbox.publish([row], strict=True)
+    except outbox.Unbuildable as exc:  # leave no run behind: nothing was sent
+        _forget(run_id)
+        raise WorkflowError(f"workflow {wf.name!r}: its first message cannot be built: {exc}") from exc
     return run_id
+
+
+def _forget(run_id: str) -> None:
+    """Delete a run whose first message could not be built, with its timeline and outbox row (nothing ran)."""
+    with session_scope() as s:
+        for model in (OutboxMessage, RunEvent):
+            s.execute(delete(model).where(model.run_id == run_id))
+        s.execute(delete(Run).where(Run.id == run_id))
+
+
+def _store_large_inputs(s: Any, compiled: dict[str, Any]) -> dict[str, Any]:
+    """Large positional arguments of journaled steps go to ``hitl_blobs`` and travel as references (a step
+    resolves them); a plain task receives its arguments as they are."""
+
+    def store(sig: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(app.tasks.get(sig["task"]), Step):
+            return sig
+        return blobs.store_in_args(s, [sig])[0]
+
+    return map_leaves(compiled, store)
 
 
 def _run_for_key(key: str) -> str | None:

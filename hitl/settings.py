@@ -9,7 +9,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".hitl"), description="Folder of the embedded SQLite file, broker and beat state.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in HITL_HOME.")
     broker_url: str | None = Field(None, description="Celery broker URL; default: the embedded Redis server.")
+    result_backend: str | None = Field(
+        None,
+        description="Celery result backend URL, for chords' joins (only tasks in a group store results); default: "
+        "Celery's database backend on hitl's database (db+HITL_DATABASE_URL), which outlives a broker restart.",
+    )
     auto_migrate: bool = Field(True, description="Upgrade the schema to the latest migration on first connect.")
     workflow_modules: list[str] = Field(["tasks"], description="Modules that define workflows and beat jobs.")
     default_timeout: float = Field(
@@ -78,6 +83,9 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds between reminder and escalation sweeps on beat (the precision of T1, T2)."
     )
     notify_interval: float = Field(5.0, gt=0, description="Seconds between passes of the notification sender on beat.")
+    audit_anchor_interval: float = Field(
+        60.0, gt=0, description="Seconds between anchors of the audit log's chains on beat (hitl.anchor_audit)."
+    )
     notify_queue: str = Field(
         "hitl.notify",
         min_length=1,
@@ -151,9 +159,20 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home_dir / 'hitl.db'}"
 
     @property
+    def resolved_result_backend(self) -> str:
+        """The Celery result backend in force: ``result_backend``, or Celery's database backend on hitl's database."""
+        return self.result_backend or f"db+{self.resolved_database_url}"
+
+    @property
     def embedded_broker(self) -> bool:
         """True when no broker URL is set and hitl runs its own Redis server."""
         return not self.broker_url
+
+
+def result_engine_options(backend_url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for Celery's database result backend at ``backend_url``: on SQLite, wait up to
+    30 s for the write lock as hitl's own engine does (SQLite allows one writer at a time); none elsewhere."""
+    return {"connect_args": {"timeout": 30}} if backend_url.startswith("db+sqlite") else {}
 
 
 @lru_cache(maxsize=1)

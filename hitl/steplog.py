@@ -1,26 +1,25 @@
-"""The step record: what makes a step's effects happen once although Celery may deliver it twice.
+"""The step record: what makes a journaled step's effects happen once although Celery may deliver it twice.
 
-Every step message has a deterministic task id (see :func:`hitl.canvas.child_task_id`), so a redelivery, a
-relay re-send or a retry of the same step carries the same id. Before the body runs, :func:`check` reads
-the run and the step record (a read: no write lock, no transaction to commit): a step of a finished or
-cancelled run is skipped, and a step that already finished returns its stored result without running the
-body. After the body, :func:`finish` inserts the record (``INSERT ... ON CONFLICT``, never over a finished one) in one
-transaction with the timeline entry, the run's status, the message that follows and — for
-``transactional=True`` steps — the step's own database writes. Of two deliveries that run at the same time,
-the first to finish wins; the other's transaction rolls back (:class:`LostClaim`), so what follows a step is
-sent once and a transactional step's writes commit once. A non-transactional body may run twice (it is
-at-least-once and should be idempotent), as with any acks-late Celery task.
+Every task of a run has a deterministic task id (see :func:`hitl.canvas.child_task_id`), so a redelivery, a
+retry, or the same chain sent again after a redelivery of the step before carries the same id. Before the body
+runs, :func:`check` reads the run and the step record (a read: no write lock, no transaction to commit): a step
+of a finished or cancelled run is skipped, and a step that already finished returns its stored result without
+running the body. After the body, :func:`finish` inserts the record (``INSERT ... ON CONFLICT``, never over a
+finished one) in one transaction with the timeline entry, the run's status (its end, or the approvals of a wait
+that follows) and — for ``transactional=True`` steps — the step's own database writes. Of two deliveries that
+run at the same time, the first to finish wins; the other's transaction rolls back (:class:`LostClaim`), so a
+transactional step's writes commit once. A non-transactional body may run twice (it is at-least-once and should
+be idempotent), as with any acks-late Celery task.
 
-One write transaction per step is the design (a claim written before the body as well cost a second one,
-about 15 % of throughput on SQLite). Two consequences are handled here: a run moves from ``pending`` to
-``running`` when its first step finishes, in that step's transaction (marking it when the step starts was one
-more write transaction per run), and a step still running after :func:`watch_interval` seconds has its
-message marked delivered by a background thread, so the outbox relay never sends a running step's message
-again (:mod:`hitl.outbox`).
+One write transaction per step is the design. Two consequences are handled here: a run moves from ``pending``
+to ``running`` when its first journaled step finishes, in that step's transaction, and a step whose message
+came from the outbox and still runs after :func:`watch_interval` seconds has that message marked delivered by
+a background thread, so the outbox relay never sends it again while it runs (:mod:`hitl.outbox`).
 
-A step never lets Celery send the rest of its chain: the next link (or a replacement canvas) is written to
-the outbox in the completion transaction and published after commit (:mod:`hitl.outbox`), so a crash or a
-broker outage between the two loses nothing.
+Celery sends the rest of the chain after the step returns, as for any task: a crash between the step's commit
+and that send is a redelivery of the step, which finds its record, returns the stored result and lets Celery
+send the rest again, with the same task ids. A replacement canvas (:meth:`hitl.Step.replace`) goes through the
+outbox, in the completion transaction.
 """
 
 from __future__ import annotations
@@ -100,9 +99,11 @@ class Claim:
     next_task_id: str | None = None
     #: The run was pending when this delivery checked it (its first step): :func:`finish` moves it on.
     first: bool = False
+    #: The outbox row whose message this delivery is (:data:`hitl.canvas.HEADER_RECEIPT`), marked delivered.
+    receipt: str | None = None
 
 
-def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
+def check(run_id: str, name: str, task_id: str, attempt: int = 1, receipt: str | None = None) -> Claim:
     """Say whether the body of step ``task_id`` of run ``run_id`` should run (one read, see module docstring).
 
     Writes only when the step is skipped (its run ended: the skip goes to the timeline and its message is
@@ -114,6 +115,7 @@ def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
         name: the task name, for the timeline.
         task_id: the step's deterministic task id.
         attempt: 1 + the Celery retries of this delivery.
+        receipt: the outbox row this message came from, if any (marked delivered with the step).
 
     Raises:
         InfrastructureError: the database failed.
@@ -123,8 +125,8 @@ def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
         row = conn.execute(_CHECK, {"run_id": run_id, "task_id": task_id}).one_or_none()
     run_status, step_status, result, next_task_id, done_attempt = row if row is not None else (None,) * 5
     if run_status is None or run_status.terminal:
-        _skip(run_id, name, task_id, run_status)
-        return Claim(run_id, task_id, name, attempt, now, skip=True)
+        _skip(run_id, name, task_id, run_status, receipt)
+        return Claim(run_id, task_id, name, attempt, now, skip=True, receipt=receipt)
     if step_status is not None and step_status.terminal:
         return Claim(
             run_id,
@@ -135,16 +137,18 @@ def check(run_id: str, name: str, task_id: str, attempt: int = 1) -> Claim:
             done=step_status,
             result=result,
             next_task_id=next_task_id,
+            receipt=receipt,
         )
-    return Claim(run_id, task_id, name, attempt, now, first=run_status is RunStatus.PENDING)
+    return Claim(run_id, task_id, name, attempt, now, first=run_status is RunStatus.PENDING, receipt=receipt)
 
 
-def _skip(run_id: str, name: str, task_id: str, status: RunStatus | None) -> None:
+def _skip(run_id: str, name: str, task_id: str, status: RunStatus | None, receipt: str | None) -> None:
     if status is None:
         log.warning("step %s (%s): run %s does not exist; skipped", name, task_id, run_id)
         return
     with session_scope() as s:
-        outbox.mark_delivered(s, task_id)
+        if receipt:
+            outbox.mark_delivered(s, receipt)
         add_event(s, run_id, EventKind.STEP_SKIPPED, name, task_id=task_id, detail={"run_status": status.value})
 
 
@@ -167,20 +171,22 @@ def finish(
     status: StepStatus,
     result: Any,
     *,
-    send: tuple[list[dict[str, Any]], list[Any]] | None = None,
+    send: tuple[list[dict[str, Any]], list[Any], str] | None = None,
     end_of_chain: bool = False,
+    waiting: bool = False,
 ) -> OutboxMessage | None:
     """In the caller's transaction: record the step as done (first finisher wins), mark its message
-    delivered, append to the timeline, and write what the step sends next to the outbox.
+    delivered, append to the timeline, and end the run or write what the step sends next to the outbox.
 
     Args:
         s: the transaction (for a transactional step, the one its own writes are in).
         c: this delivery's claim.
         status: FINISHED, WAITING, REPLACED or STOPPED.
         result: the step's return value (JSON-safe), stored for a second delivery to reuse.
-        send: ``(signature dicts, args)`` of the next message — the rest of the chain with the result, or a
-            replacement — or None.
-        end_of_chain: nothing follows: the run succeeds with ``result``.
+        send: ``(compiled canvases, args, outbox task id)`` of a message to send after commit (a replacement),
+            or None: Celery sends the rest of the chain itself.
+        end_of_chain: the step is the run's last task: the run succeeds with ``result``.
+        waiting: a wait follows (the caller stores it in this transaction): the run is not moved to running.
 
     Returns:
         The outbox row to publish after commit, if any.
@@ -188,7 +194,7 @@ def finish(
     Raises:
         LostClaim: another delivery of the step finished first; the caller's transaction must roll back.
     """
-    next_id = send[0][0]["options"]["task_id"] if send else None
+    next_id = send[2] if send else None
     values = {
         "task_id": c.task_id,
         "run_id": c.run_id,
@@ -202,7 +208,8 @@ def finish(
     }
     if not _insert_record(s, values):
         raise LostClaim(f"step {c.name} ({c.task_id}): another delivery finished it first")
-    outbox.mark_delivered(s, c.task_id)
+    if c.receipt:
+        outbox.mark_delivered(s, c.receipt)
     if status is not StepStatus.WAITING:
         add_event(
             s,
@@ -215,7 +222,7 @@ def finish(
         )
     if end_of_chain:
         end_run(s, c.run_id, RunStatus.SUCCEEDED, result=result)
-    elif c.first and send:  # the run's first step: pending → running (a wait moves it to waiting itself)
+    elif c.first and not waiting:  # the run's first journal entry: pending → running (a wait moves it itself)
         move_run(s, c.run_id, RunStatus.RUNNING)
     if send and next_id:
         return outbox.enqueue(s, c.run_id, next_id, send[0], send[1])
@@ -234,9 +241,13 @@ def watch_interval() -> float:
 
 
 @contextlib.contextmanager
-def running(task_id: str) -> Iterator[None]:
-    """Note step ``task_id`` as running in this process for the duration (see :func:`watch_interval`)."""
+def running(task_id: str | None) -> Iterator[None]:
+    """Note the step whose message is outbox row ``task_id`` as running in this process for the duration (see
+    :func:`watch_interval`); None (a message Celery sent, not the outbox): nothing to note."""
     global _watcher_pid
+    if task_id is None:
+        yield
+        return
     if _watcher_pid != os.getpid():
         _watcher_pid = os.getpid()
         _running.clear()
@@ -275,7 +286,7 @@ def stop(c: Claim, status: RunStatus, result: Any, reason: str | None) -> None:
         end_run(s, c.run_id, status, {"reason": reason} if reason else None, result=result, error=reason)
 
 
-def fail(run_id: str, name: str, task_id: str, error: str, attempt: int = 1) -> None:
+def fail(run_id: str, name: str, task_id: str, error: str, attempt: int = 1, receipt: str | None = None) -> None:
     """Record that step ``task_id`` raised after its retries and fail the run — unless another delivery of
     the step finished it first (then nothing changes)."""
     now = utcnow()
@@ -293,6 +304,7 @@ def fail(run_id: str, name: str, task_id: str, error: str, attempt: int = 1) -> 
         if not _insert_record(s, values):
             log.info("step %s (%s) failed after another delivery finished it; the run goes on", name, task_id)
             return
-        outbox.mark_delivered(s, task_id)
+        if receipt:
+            outbox.mark_delivered(s, receipt)
         add_event(s, run_id, EventKind.STEP_FAILED, name, task_id=task_id, detail={"error": error}, started_at=now)
         end_run(s, run_id, RunStatus.FAILED, {"error": error}, error=error)

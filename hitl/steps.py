@@ -1,9 +1,12 @@
-"""Steps: Celery tasks that know their run. The wait step is one of them.
+"""Journaled steps: Celery tasks that keep a record in the run. The wait's own task is one of them.
 
-A step is an ordinary Celery task whose base class is :class:`Step`. Before its body runs it checks its run
-(a cancelled or finished run's step does nothing); after, it appends to the run's timeline and, when it was
-the last task of the chain, marks the run succeeded. A :class:`~approvals.schemas.Decision` arrives as the
-parsed model, not a dict. Raise :class:`Stop` to end a run with another status.
+A workflow may hold any Celery task; hitl does no database work for a plain one. A journaled step
+(``@hitl.step``, base class :class:`Step`) adds, at one read and one write transaction per delivery: before its
+body runs it checks its run (a cancelled or finished run's step does nothing, a step that already finished
+returns its stored result); after, it appends to the run's timeline and records itself, so a second delivery is
+recognised, and ``transactional=True`` commits the body's own writes exactly once. A
+:class:`~approvals.schemas.Decision` arrives as the parsed model, not a dict. Raise :class:`Stop` to end a run
+with another status, or ``return self.replace(canvas)`` to go on with another canvas.
 """
 
 from __future__ import annotations
@@ -11,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import re
 import time
 import typing
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 from celery import Signature, Task
@@ -29,9 +30,13 @@ from approvals.schemas import DECISION_TAG, Decision
 from approvals.status import RunStatus, StepStatus
 from hitl import blobs, outbox, steplog
 from hitl.app import app
-from hitl.canvas import RUN_ID_KWARG, bind_run, with_task_ids
+from hitl.canvas import HEADER_LAST, HEADER_RECEIPT, HEADER_RUN, HEADER_WAIT, WAIT_TASK, compile_canvas
 from hitl.db import is_transient, session_scope
 from hitl.jsonsafe import jsonable
+from hitl.waitspec import parse_duration
+
+#: The keyword a step declares to receive its run's id.
+RUN_ID_KWARG = "run_id"
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,10 @@ class Stop(Exception):
 
 def _revive(value: Any, model: type[Decision[Any]] = Decision) -> Any:
     """A decision dict becomes a :class:`Decision` (``model``: a ``Decision[Form]`` the step declared, whose
-    ``data`` is then parsed; data that does not fit it, e.g. a rejection's, stays a plain dict)."""
+    ``data`` is then parsed; data that does not fit it, e.g. a rejection's, stays a plain dict). The list of
+    decisions a parallel wait resumes with is revived item by item (None stays None)."""
+    if isinstance(value, list) and value and all(_is_decision(v) or v is None for v in value):
+        return [v if v is None else _revive(v, model) for v in value]
     if isinstance(value, dict) and value.get("type") == DECISION_TAG:
         if model is not Decision:
             try:
@@ -66,6 +74,10 @@ def _revive(value: Any, model: type[Decision[Any]] = Decision) -> Any:
                 pass
         return Decision.model_validate(value)
     return value
+
+
+def _is_decision(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == DECISION_TAG
 
 
 def _declared_decision(fn: Callable[..., Any]) -> type[Decision[Any]]:
@@ -115,108 +127,114 @@ def _requeue_on_database_failure(name: str, task_id: str) -> Iterator[None]:
 
 
 class _Replaced(Exception):
-    """Raised by :meth:`Step.replace`: the step is done and ``sigs`` are sent in its place."""
+    """Raised by :meth:`Step.replace`: the step is done and ``canvas`` (compiled) is sent in its place."""
 
-    def __init__(self, sigs: list[dict[str, Any]]) -> None:
+    def __init__(self, canvas: dict[str, Any]) -> None:
         super().__init__("replaced")
-        self.sigs = sigs
+        self.canvas = canvas
 
 
 class Step(Task):  # type: ignore[misc]
-    """Base class of hitl steps (see module docstring). Use :func:`step` rather than this directly.
+    """Base class of journaled steps (see module docstring). Use :func:`step` rather than this directly.
 
     Task options it adds: ``transactional=True`` gives the function a ``session`` argument whose writes
     commit in one transaction with the step's completion record, so they happen exactly once however often
     the message is delivered. Without it a step's effects are at-least-once and should be idempotent.
 
-    A step sends the rest of its chain itself, through the outbox (:mod:`hitl.steplog`); Celery's own
-    chain dispatch is switched off for it. Each delivery costs one read before the body and one write
-    transaction after it (see :mod:`hitl.steplog`). When that database work fails transiently (a dropped
-    connection, a restart, a lock timeout), the message goes back to the queue instead of failing the run
-    (see :func:`_requeue_on_database_failure`).
+    Each delivery costs one read before the body and one write transaction after it (its step record and
+    timeline entry; the run's end, or the approvals of a wait that follows, in the same transaction). Celery
+    sends the rest of the chain, as for any task; the next tasks have deterministic ids, so a second delivery of
+    this step sends what a journaled step after it recognises. When hitl's database work fails transiently (a
+    dropped connection, a restart, a lock timeout), the message goes back to the queue instead of failing the
+    run (see :func:`_requeue_on_database_failure`). Sent outside a workflow (``.delay()``), a step is a plain task.
     """
 
-    #: Celery checks call arguments against the function at send time; a step also takes ``run_id``,
-    #: which :meth:`__call__` removes unless the function declares it, so that check is off.
+    #: Celery checks call arguments against the function at send time; hitl checks them when a run starts
+    #: (:func:`hitl.canvas.compile_canvas`), knowing what hitl passes (``run_id``, ``session``).
     typing = False
     transactional = False
+    #: Marks hitl's journaled steps (a plain task has no such attribute).
+    journaled = True
     _accepts_run_id: bool | None = None
     _decision_type: type[Decision[Any]] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        run_id = kwargs.pop(RUN_ID_KWARG, None)
-        if run_id is None or self.request.called_directly:
-            return self.run(*args, **kwargs)
         request = self.request
-        rest = [dict(sig) for sig in reversed(request.chain or [])]
-        request.hitl_rest = rest
+        legacy_run_id = kwargs.pop(RUN_ID_KWARG, None)  # messages sent before the run id moved to a header
+        run_id = None if request.called_directly else (request.get(HEADER_RUN) or legacy_run_id)
+        if run_id is None:
+            return self.run(*args, **kwargs)
+        receipt = request.get(HEADER_RECEIPT) or (request.id if legacy_run_id else None)
         with _requeue_on_database_failure(self.name, request.id):
-            c = steplog.check(run_id, self.name, request.id, attempt=(request.retries or 0) + 1)
-            if c.next_task_id:  # a second delivery of a step that already ran: what it sent is on its way
+            c = steplog.check(run_id, self.name, request.id, attempt=(request.retries or 0) + 1, receipt=receipt)
+            if c.next_task_id:  # a second delivery of a replaced step: its replacement is on its way
                 outbox.republish_undelivered(c.next_task_id)
-        if c.skip or c.done is not None:  # (a finished step's result is reused)
+        if c.skip:
             _end_chain(request)
+            return None
+        if c.done is not None:  # a second delivery: reuse the result; Celery sends the rest again, same ids
+            if c.done is not StepStatus.FINISHED:
+                _end_chain(request)
             return c.result
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
         try:
             model = self._decision_model()
-            with steplog.running(request.id):
-                result, row = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs, rest)
+            with steplog.running(receipt):
+                result, rows = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs)
         except steplog.LostClaim:  # another delivery finished this step first and sent what follows
             _end_chain(request)
             return None
-        # The step completed: hitl sends what follows itself, through the outbox, not Celery. (On an
-        # exception the chain stays on the request, so that Celery's retry re-sends the step with it.)
-        _end_chain(request)
-        if row is not None:
-            outbox.publish([row])
+        outbox.publish(rows)
         return result
 
-    def _execute(
-        self, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any], rest: list[dict[str, Any]]
-    ) -> tuple[Any, OutboxMessage | None]:
+    def wait_header(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The compiled wait that follows this step (:data:`hitl.canvas.HEADER_WAIT`), if any."""
+        value = self.request.get(HEADER_WAIT)
+        return value if isinstance(value, dict) else None
+
+    def _execute(self, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, list[OutboxMessage]]:
+        header = self.wait_header(kwargs)
         try:
             if self.transactional:
                 with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
-                    return self._run_and_finish(s, c, args, {**kwargs, "session": s}, rest)
+                    return self._finish(s, c, self._run_body(args, {**kwargs, "session": s}), header)
             outcome = self._run_body(args, kwargs)
             with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
-                return self._finish(s, c, outcome, rest)
+                return self._finish(s, c, outcome, header)
         except Stop as stop:  # (a transactional step's own writes were rolled back)
             result = jsonable(stop.result)
             with _requeue_on_database_failure(c.name, c.task_id):
                 steplog.stop(c, stop.status, result, stop.reason)
-            return result, None
+            _end_chain(self.request)
+            return result, []
 
-    def _run_and_finish(
-        self, s: Session, c: steplog.Claim, args: list[Any], kwargs: dict[str, Any], rest: list[dict[str, Any]]
-    ) -> tuple[Any, OutboxMessage | None]:
-        return self._finish(s, c, self._run_body(args, kwargs), rest)
-
-    def _run_body(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, list[dict[str, Any]] | None]:
+    def _run_body(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         try:
             return jsonable(self.run(*args, **kwargs)), None
         except _Replaced as replaced:
-            return None, replaced.sigs
+            return None, replaced.canvas
 
     def _finish(
         self,
         s: Session,
         c: steplog.Claim,
-        outcome: tuple[Any, list[dict[str, Any]] | None],
-        rest: list[dict[str, Any]],
-    ) -> tuple[Any, OutboxMessage | None]:
+        outcome: tuple[Any, dict[str, Any] | None],
+        header: dict[str, Any] | None,
+    ) -> tuple[Any, list[OutboxMessage]]:
         result, replacement = outcome
+        request = self.request
         if replacement is not None:
-            return None, steplog.finish(s, c, StepStatus.REPLACED, None, send=(replacement, []))
-        if self.request.get("hitl_waiting"):
-            return result, steplog.finish(s, c, StepStatus.WAITING, result)
-        if self.request.get("hitl_send"):  # the step chose what follows (a wait that found its decision ready)
-            return result, steplog.finish(s, c, StepStatus.FINISHED, result, send=self.request.hitl_send)
-        if rest:
-            return result, steplog.finish(s, c, StepStatus.FINISHED, result, send=(rest, [result]))
-        return result, steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=True)
+            _end_chain(request)
+            send: tuple[list[dict[str, Any]], list[Any], str] = ([replacement], [], f"{c.task_id}.replace")
+            return None, [row] if (row := steplog.finish(s, c, StepStatus.REPLACED, None, send=send)) else []
+        if header is not None:
+            own = self.name == WAIT_TASK  # the wait's own task: no step_finished entry of its own
+            steplog.finish(s, c, StepStatus.WAITING if own else StepStatus.FINISHED, result, waiting=True)
+            _end_chain(request)
+            return result, waits_module().store_waits(s, c.run_id, c.task_id, result, header)
+        steplog.finish(s, c, StepStatus.FINISHED, result, end_of_chain=bool(request.get(HEADER_LAST)))
+        return result, []
 
     def _decision_model(self) -> type[Decision[Any]]:
         found = self._decision_type
@@ -231,31 +249,55 @@ class Step(Task):  # type: ignore[misc]
         return bool(self._accepts_run_id)
 
     def replace(self, sig: Signature) -> Any:
-        """End this step and go on with ``sig`` (a task or a linear chain) instead, then the rest of the chain.
+        """End this step and go on with ``sig`` (any canvas a workflow may hold, waits included), then with what
+        would have followed this step.
 
         Like Celery's ``Task.replace`` (use it as ``return self.replace(...)``), but the replacement goes
         through the outbox in this step's completion transaction. Its tasks get ids derived from this step's
         id, so a second delivery of this step recognises them.
+
+        Raises:
+            WorkflowError: ``sig`` has a shape hitl cannot run.
         """
-        run_id = (self.request.kwargs or {}).get(RUN_ID_KWARG)
+        request = self.request
+        run_id = request.get(HEADER_RUN)
         if run_id is None:
             return super().replace(sig)
-        replacement = with_task_ids(bind_run(sig, run_id), f"{self.request.id}/replace")
-        raise _Replaced(replacement + list(self.request.get("hitl_rest") or []))
+        tail: tuple[str, Any]
+        header = self.wait_header(request.kwargs or {})
+        if header is not None:
+            tail = ("wait", header)
+        elif request.chain:
+            tail = ("chain", [dict(x) for x in reversed(request.chain)])
+        else:
+            tail = ("end", None)
+        compiled = compile_canvas(sig, run_id, base=f"{request.id}/replace", tail=tail)
+        if compiled is None:
+            raise InvalidPayload("replace() needs a canvas with at least one task")
+        raise _Replaced(compiled)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        run_id = (kwargs or {}).get(RUN_ID_KWARG)
+        run_id = self.request.get(HEADER_RUN) or (kwargs or {}).get(RUN_ID_KWARG)
         if run_id is not None:
             attempt = (self.request.retries or 0) + 1
-            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}", attempt)
+            receipt = self.request.get(HEADER_RECEIPT)
+            steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}", attempt, receipt)
+
+
+def waits_module() -> Any:
+    """:mod:`hitl.waits` (it builds on this module; imported when a step first reaches a wait)."""
+    from hitl import waits
+
+    return waits
 
 
 def step(*args: Any, **options: Any) -> Any:
-    """Declare a step: ``@hitl.step`` or ``@hitl.step(name=..., max_retries=...)``.
+    """Declare a journaled step: ``@hitl.step`` or ``@hitl.step(name=..., max_retries=...)``.
 
     Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...) and
     ``transactional=True`` (see :class:`Step`). The task gets ``base=Step``. A function that declares a
-    ``run_id`` parameter receives its run's id.
+    ``run_id`` parameter receives its run's id. Any other Celery task may stand in a workflow too, without a
+    journal (see README, "Guarantees").
     """
     options.setdefault("base", Step)
     if args and callable(args[0]) and len(args) == 1 and not options.keys() - {"base"}:
@@ -267,25 +309,4 @@ def step(*args: Any, **options: Any) -> Any:
     return decorate
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_duration(value: str | float | int | timedelta) -> timedelta:
-    """Parse a duration: a number of seconds, a ``timedelta``, or ``"90s"``, ``"15m"``, ``"1h"``, ``"2d"``, ``"1w"``.
-
-    Raises:
-        InvalidPayload: the value is not a positive duration in one of these forms.
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise InvalidPayload(f"not a duration: {value!r} (use seconds or 30s, 15m, 1h, 2d, 1w)")
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds <= 0:
-        raise InvalidPayload(f"a duration must be positive, not {value!r}")
-    return timedelta(seconds=seconds)
+__all__ = ["Step", "Stop", "parse_duration", "step"]

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from celery import chord, group, shared_task, signature
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Integer, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -253,3 +254,169 @@ def slow(self: hitl.Step, payload: dict[str, Any], run_id: str) -> str:
 def slow_flow(payload: dict[str, Any]) -> Any:
     """One long step."""
     return slow.s(payload)
+
+
+# ---------------------------------------------------------------- plain Celery tasks and canvas in workflows
+# These are the team's own Celery tasks: no @hitl.step, no run_id unless they declare it.
+
+
+@shared_task(name="tests.plain.draft")
+def plain_draft(payload: dict[str, Any]) -> dict[str, Any]:
+    """A plain @shared_task: no run_id, no hitl."""
+    return {"draft": f"about {payload.get('topic', 'nothing')}"}
+
+
+@hitl.app.task(name="tests.plain.effect", bind=True)
+def plain_effect(self: Any, previous: Any, label: str, run_id: str) -> Any:
+    """A plain @app.task that declares run_id (so it receives it) and records what it received."""
+    record(label, run_id, self.request.id, previous)
+    return {"after": label, "got": previous}
+
+
+@hitl.app.task(name="tests.plain.part")
+def plain_part(previous: Any, index: int) -> dict[str, Any]:
+    """A group member: its result goes into the group's list."""
+    return {"part": index}
+
+
+@hitl.app.task(name="tests.plain.part0")
+def plain_part_first(index: int) -> dict[str, Any]:
+    """A group member at the start of a run (nothing before it)."""
+    return {"part": index}
+
+
+@hitl.app.task(name="tests.plain.join")
+def plain_join(parts: list[Any]) -> dict[str, Any]:
+    """A chord body: receives the list of its header's results."""
+    return {"joined": sorted(p["part"] for p in parts)}
+
+
+@hitl.app.task(
+    name="tests.plain.fails",
+    bind=True,
+    autoretry_for=(ValueError,),
+    max_retries=2,
+    default_retry_delay=0.1,
+)
+def plain_fails(self: Any, previous: Any, run_id: str) -> None:
+    """Fails on every attempt (Celery retries it twice, then gives up)."""
+    record("plain_fails", run_id, self.request.id, {"retries": self.request.retries})
+    raise ValueError("the payment provider said no")
+
+
+def _review(key: str = "review", **extra: Any) -> Any:
+    return hitl.wait_for_approval.s(key=key, timeout=extra.pop("timeout", "1h"), **extra)
+
+
+@hitl.workflow("plain")
+def plain_flow(payload: dict[str, Any]) -> Any:
+    """Plain tasks around a wait."""
+    wait: dict[str, Any] = {"timeout": payload.get("timeout", "1h")}
+    if payload.get("default"):
+        wait["default"] = payload["default"]
+    return plain_draft.s(payload) | _review(**wait) | plain_effect.s("decided")
+
+
+@hitl.workflow("plain-nowait")
+def plain_nowait(payload: dict[str, Any]) -> Any:
+    """Plain tasks only: hitl records the run's start and end."""
+    return plain_draft.s(payload) | plain_effect.s("one") | plain_effect.s("two")
+
+
+@hitl.workflow("group-subject")
+def group_subject(payload: dict[str, Any]) -> Any:
+    """A group at the start: its results are the approval's subject."""
+    return group(plain_part_first.s(i) for i in range(3)) | _review() | plain_effect.s("decided")
+
+
+@hitl.workflow("chord-subject")
+def chord_subject(payload: dict[str, Any]) -> Any:
+    """A chord feeds the wait: the subject is the chord body's result."""
+    return (
+        plain_draft.s(payload)
+        | chord([plain_part.s(i) for i in range(3)], plain_join.s())
+        | _review()
+        | plain_effect.s("decided")
+    )
+
+
+@hitl.workflow("group-after")
+def group_after(payload: dict[str, Any]) -> Any:
+    """A group of notifications after the decision; the run ends when both have."""
+    return plain_draft.s(payload) | _review() | group(plain_effect.s("notify-a"), plain_effect.s("notify-b"))
+
+
+@hitl.workflow("parallel")
+def parallel_flow(payload: dict[str, Any]) -> Any:
+    """Legal and finance asked at once; the run goes on once, with both decisions."""
+    waits = [_review("legal", assignees=["legal"]), _review("finance", assignees=["finance"])]
+    both = hitl.parallel(*waits, any_rejection_rejects=payload.get("any_rejection_rejects", True))
+    return plain_draft.s(payload) | both | plain_effect.s("signed")
+
+
+@hitl.workflow("mixed")
+def mixed_flow(payload: dict[str, Any]) -> Any:
+    """Plain tasks, journaled steps, a group before a wait, a parallel wait, a group after."""
+    return (
+        plain_draft.s(payload)
+        | chaos_effect.s("j1")
+        | group(plain_part.s(i) for i in range(2))
+        | _review("first")
+        | chaos_effect.s("j2")
+        | group(_review("legal"), _review("finance"))
+        | chaos_effect.s("j3")
+        | group(plain_effect.s("note-a"), plain_effect.s("note-b"))
+    )
+
+
+@hitl.workflow("broken-unknown-task")
+def broken_unknown_task(payload: dict[str, Any]) -> Any:
+    """A task no worker has, after a plain one."""
+    return plain_draft.s(payload) | signature("tests.no_such_task")
+
+
+@hitl.workflow("broken-args")
+def broken_args(payload: dict[str, Any]) -> Any:
+    """A task called with arguments it cannot take (refused by hitl start)."""
+    return plain_draft.s(payload) | plain_part.s(1, 2, 3)
+
+
+@hitl.workflow("broken-shape")
+def broken_shape(payload: dict[str, Any]) -> Any:
+    """A wait inside a group of other tasks (refused by hitl start)."""
+    return plain_draft.s(payload) | group(_review(), plain_part.s(1))
+
+
+@hitl.workflow("plain-fails")
+def plain_fails_flow(payload: dict[str, Any]) -> Any:
+    """A plain task that fails after its retries."""
+    return plain_draft.s(payload) | plain_fails.s()
+
+
+@hitl.app.task(name="tests.chaos.plain_mark", bind=True)
+def plain_mark(self: Any, previous: Any, label: str, run_id: str) -> str:
+    """A plain task's effect: a row written in a transaction of its own (at least once, as Celery delivers it)."""
+    with session_scope() as s:
+        s.add(EffectRow(run_id=run_id, label=label, task_id=self.request.id))
+    return label
+
+
+#: Effects of ``chaos-mixed``: journaled steps' (exactly once) and plain tasks' (at least once).
+MIXED_EXACTLY_ONCE = ("a", "b", "c")
+MIXED_AT_LEAST_ONCE = ("p1", "g1", "g2", "n1", "n2")
+
+
+@hitl.workflow("chaos-mixed")
+def chaos_mixed(payload: dict[str, Any]) -> Any:
+    """Plain tasks, journaled steps, a group before a wait, a parallel wait and a group after it."""
+    wait: dict[str, Any] = {"timeout": payload.get("timeout", "1h"), "default": payload.get("default")}
+    return (
+        plain_mark.s(payload, "p1")
+        | chaos_effect.s(label="a")
+        | group(plain_mark.s("g1"), plain_mark.s("g2"))
+        | hitl.wait_for_approval.s(key="mixed", **wait)
+        | chaos_effect.s(label="b")
+        | group(hitl.wait_for_approval.s(key="legal", **wait), hitl.wait_for_approval.s(key="finance", **wait))
+        | chaos_effect.s(label="c")
+        | group(plain_mark.s("n1"), plain_mark.s("n2"))
+    )

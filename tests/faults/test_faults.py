@@ -25,7 +25,7 @@ import hitl
 from approvals.models import Approval, DecisionRecord, OutboxMessage, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
 from hitl.db import session_scope
-from tests.flows import Attempt, EffectRow, create_test_tables, effects
+from tests.flows import MIXED_AT_LEAST_ONCE, MIXED_EXACTLY_ONCE, Attempt, EffectRow, create_test_tables, effects
 from tests.pg import PgServer
 from tests.support import FIGURES, ROOT, Stack, running_stack, wait_for
 
@@ -91,12 +91,23 @@ def approvals_per_run(run_ids: list[str]) -> Counter[str]:
     return Counter({r: n for r, n in rows})
 
 
-def assert_exactly_once(run_ids: list[str], labels: str = "abc") -> None:
+def assert_exactly_once(
+    run_ids: list[str], labels: str | tuple[str, ...] = "abc", at_least_once: tuple[str, ...] = ()
+) -> None:
+    """Journaled effects (``labels``) applied once per run; plain tasks' (``at_least_once``) at least once."""
     counts = effect_counts(run_ids)
-    missing = [(r, x) for r in run_ids for x in labels if counts[(r, x)] == 0]
-    doubled = {k: n for k, n in counts.items() if n > 1}
+    missing = [(r, x) for r in run_ids for x in (*labels, *at_least_once) if counts[(r, x)] == 0]
+    doubled = {k: n for k, n in counts.items() if n > 1 and k[1] in labels}
     assert not missing, f"{len(missing)} effects never applied, e.g. {missing[:5]}"
     assert not doubled, f"{len(doubled)} effects applied more than once, e.g. {list(doubled.items())[:5]}"
+
+
+#: The fault workflows: (name, journaled effects applied exactly once, plain effects applied at least once,
+#: approvals per run).
+WORKFLOWS = {
+    "chaos": ("abc", (), 1),
+    "chaos-mixed": (MIXED_EXACTLY_ONCE, MIXED_AT_LEAST_ONCE, 3),
+}
 
 
 def stuck_report(stack: Stack, run_ids: list[str]) -> str:
@@ -118,6 +129,14 @@ def stuck_report(stack: Stack, run_ids: list[str]) -> str:
             f"broker: queued={client.llen('celery')} unacked={client.hlen('unacked')} "
             f"mutex_ttl={client.ttl('unacked_mutex')}"
         )
+        for raw in list(client.hvals("unacked"))[:10] + list(client.lrange("celery", 0, 9)):
+            try:
+                message = json.loads(raw)
+                message = message[0] if isinstance(message, list) else message
+                headers = message.get("headers", {})
+                lines.append(f"  message {headers.get('task')} {headers.get('id')} run={headers.get('hitl_run')}")
+            except (ValueError, AttributeError, KeyError):
+                lines.append(f"  message (undecodable) {raw[:80]!r}")
     return "\n".join(lines)
 
 
@@ -142,13 +161,15 @@ class AutoApprover(threading.Thread):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("workflow", list(WORKFLOWS))
 def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(
-    fstack: Stack, database_url: str, record_property: Any
+    fstack: Stack, database_url: str, record_property: Any, workflow: str
 ) -> None:
-    runs = 300
+    exactly_once, at_least_once, approvals = WORKFLOWS[workflow]
+    runs = 300 if workflow == "chaos" else 100  # a mixed run is 15 messages and 3 approvals: fewer runs
     rng = random.Random(20261121)
-    run_ids = [hitl.start("chaos", {"i": i}) for i in range(runs)]
-    approver = AutoApprover("chaos")
+    run_ids = [hitl.start(workflow, {"i": i}) for i in range(runs)]
+    approver = AutoApprover(workflow)
     approver.start()
     kills = {"pool_process": 0, "whole_worker": 0}
     deadline = time.monotonic() + 150
@@ -167,7 +188,7 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(
             if children:
                 os.kill(rng.choice(children).pid, 9)
                 kills["pool_process"] += 1
-        statuses = wait_all_terminal(fstack, run_ids, timeout=max(60.0, deadline - time.monotonic()))
+        statuses = wait_all_terminal(fstack, run_ids, timeout=max(120.0, deadline - time.monotonic()))
     finally:
         approver.stop.set()
         approver.join(10)
@@ -175,33 +196,51 @@ def test_kill_9_workers_while_300_runs_go_through_steps_and_waits(
     record_property(
         FIGURES,
         {
-            "test": "kill -9 during 300 runs",
+            "test": f"kill -9 during {runs} runs of {workflow}",
             "database": "postgresql" if database_url else "sqlite",
             "runs": runs,
             "kills": kills["pool_process"] - kills["whole_worker"],
             "whole_worker_kills": kills["whole_worker"],
-            "lost": sum(1 for r in run_ids for x in "abc" if counts[(r, x)] == 0),
-            "duplicated": sum(n - 1 for n in counts.values() if n > 1),
+            "lost": sum(1 for r in run_ids for x in (*exactly_once, *at_least_once) if counts[(r, x)] == 0),
+            "duplicated": sum(n - 1 for (_, label), n in counts.items() if n > 1 and label in exactly_once),
+            "plain_task_reruns": sum(n - 1 for (_, label), n in counts.items() if n > 1 and label in at_least_once),
             "succeeded": sum(1 for st in statuses.values() if st is RunStatus.SUCCEEDED),
             "worker_exits_restarted_by_supervisor": fstack.crashes,
         },
     )
     assert kills["pool_process"] >= 10
     assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: runs}
-    assert_exactly_once(run_ids)
-    assert set(approvals_per_run(run_ids).values()) == {1}  # no wait step asked twice
+    assert_exactly_once(run_ids, exactly_once, at_least_once)
+    assert set(approvals_per_run(run_ids).values()) == {approvals}  # no wait asked twice
+    assert_decisions_once(run_ids)
 
 
-def test_redis_killed_and_restarted_mid_run_loses_nothing(fstack: Stack) -> None:
+def assert_decisions_once(run_ids: list[str]) -> None:
+    """Every approval of the runs was decided once (a decision row each), none is left pending."""
+    with session_scope() as s:
+        rows = s.execute(
+            select(Approval.id, Approval.status, func.count(DecisionRecord.approval_id))
+            .outerjoin(DecisionRecord, DecisionRecord.approval_id == Approval.id)
+            .where(Approval.run_id.in_(run_ids))
+            .group_by(Approval.id, Approval.status)
+        ).all()
+    assert rows
+    assert {status for _, status, _ in rows} <= {ApprovalStatus.APPROVED}
+    assert {n for _, _, n in rows} == {1}
+
+
+@pytest.mark.parametrize("workflow", list(WORKFLOWS))
+def test_redis_killed_and_restarted_mid_run_loses_nothing(fstack: Stack, workflow: str) -> None:
     assert fstack.redis is not None
-    run_ids = [hitl.start("chaos", {"i": i, "timeout": "2s", "default": "approved"}) for i in range(60)]
+    exactly_once, at_least_once, _ = WORKFLOWS[workflow]
+    run_ids = [hitl.start(workflow, {"i": i, "timeout": "2s", "default": "approved"}) for i in range(60)]
     time.sleep(1.0)
-    fstack.redis.kill()  # SIGKILL; what it acknowledged is in its append-only file
+    fstack.redis.kill()  # SIGKILL; what it acknowledged is in its append-only file (appendfsync always)
     time.sleep(3.0)
     fstack.redis.start()
     statuses = wait_all_terminal(fstack, run_ids, timeout=120)
     assert Counter(statuses.values()) == {RunStatus.SUCCEEDED: len(run_ids)}
-    assert_exactly_once(run_ids)
+    assert_exactly_once(run_ids, exactly_once, at_least_once)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # a server to kill: not SQLite

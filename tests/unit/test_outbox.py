@@ -63,7 +63,7 @@ def test_failed_publishes_do_not_count_as_resends(engine_env: Path, monkeypatch:
     back, and is re-sent after one HITL_REDELIVER_AFTER if its step never received it — not after 2**k."""
     down = OSError("broker down (simulated)")
     with monkeypatch.context() as m:
-        m.setattr(outbox, "_send", lambda rows: (0, down))
+        m.setattr(outbox, "_send", lambda rows, strict=False: (0, down))
         run_id = hitl.start("gate", {"n": 1})
         task_id = f"{run_id}.start"
         for _ in range(3):  # three relay passes during the outage

@@ -29,9 +29,10 @@ def status_of(run_id: str) -> RunStatus:
     return status
 
 
-def next_link(task_id: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    sig = {"task": "tests.after", "args": [], "kwargs": {}, "options": {"task_id": task_id}, "subtask_type": None}
-    return [sig], [1]
+def replacement(task_id: str) -> tuple[list[dict[str, Any]], list[Any], str]:
+    """What a replaced step sends through the outbox: a compiled canvas, its args, the outbox task id."""
+    sig = {"task": "tests.after", "args": [], "kwargs": {}, "options": {"task_id": "t"}, "subtask_type": None}
+    return [sig], [], task_id
 
 
 def test_a_run_stays_pending_while_its_first_step_runs_and_is_running_once_it_finished(engine_env: Path) -> None:
@@ -40,7 +41,7 @@ def test_a_run_stays_pending_while_its_first_step_runs_and_is_running_once_it_fi
     assert claim.first and not claim.skip and claim.done is None
     assert status_of(run_id) is RunStatus.PENDING  # the check before the body wrote nothing
     with session_scope() as s:
-        steplog.finish(s, claim, StepStatus.FINISHED, 1, send=next_link(f"{run_id}.1"))
+        steplog.finish(s, claim, StepStatus.FINISHED, 1)  # Celery sends the next link itself
     assert status_of(run_id) is RunStatus.RUNNING
 
     second = steplog.check(run_id, "second", f"{run_id}.1")
@@ -65,9 +66,9 @@ def test_a_second_delivery_of_a_finished_first_step_reuses_its_result_and_cannot
     task_id = f"{run_id}.start"
     first, late = steplog.check(run_id, "first", task_id), steplog.check(run_id, "first", task_id)
     with session_scope() as s:
-        steplog.finish(s, first, StepStatus.FINISHED, {"n": 1}, send=next_link(f"{run_id}.1"))
+        steplog.finish(s, first, StepStatus.REPLACED, {"n": 1}, send=replacement(f"{run_id}.1"))
     with pytest.raises(steplog.LostClaim), session_scope() as s:  # overlapped the first delivery: rolls back
-        steplog.finish(s, late, StepStatus.FINISHED, {"n": 2}, send=next_link(f"{run_id}.1"))
+        steplog.finish(s, late, StepStatus.REPLACED, {"n": 2}, send=replacement(f"{run_id}.1"))
     again = steplog.check(run_id, "first", task_id)
-    assert (again.done, again.result, again.next_task_id) == (StepStatus.FINISHED, {"n": 1}, f"{run_id}.1")
+    assert (again.done, again.result, again.next_task_id) == (StepStatus.REPLACED, {"n": 1}, f"{run_id}.1")
     assert status_of(run_id) is RunStatus.RUNNING
