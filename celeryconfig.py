@@ -23,6 +23,10 @@ broker_connection_retry_on_startup = True
 # while Celery takes another for celery.chord_unlock, so a web process deciding in many threads at once needs
 # more than one per thread.
 broker_pool_limit = 64
+# A worker sending the next link of a chain rides out a broker restart of up to about a minute (Celery's default
+# gives up after about 1 s, and the task then fails with the rest of its chain lost). The outbox sends with
+# Celery's default policy instead (hitl.canvas.apply_canvas): it keeps unsent rows for its relay.
+task_publish_retry_policy = {"max_retries": 30, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 broker_transport_options = {
     # HITL_VISIBILITY_TIMEOUT (default 30 min) is longer than HITL_STEP_TIME_LIMIT (default 15 min): the
     # settings refuse anything else. See the module docstring.

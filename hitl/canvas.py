@@ -53,6 +53,10 @@ HEADER_LAST = "hitl_last"
 HEADER_RECEIPT = "hitl_receipt"
 WAIT_TASK = "hitl.wait_for_approval"
 FINISH_TASK = "hitl.finish_run"
+#: How long a message hitl sends from its outbox is retried when the broker is unreachable (Celery's default
+#: policy, about 1 s): an unsent row is the relay's to send, so the caller — ``hitl approve``, an HTTP request —
+#: is not held for the minute a worker waits (``task_publish_retry_policy`` in celeryconfig.py).
+OUTBOX_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
 _TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-58e4-4c55-9a57-0f0e6c3f4d10")
 
 Sig = dict[str, Any]
@@ -385,7 +389,7 @@ def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | N
     options: dict[str, Any] = {"producer": producer} if producer is not None else {}
     if run_id is not None:
         options["root_id"] = run_id
-    sig.apply_async(**options)
+    sig.apply_async(retry_policy=OUTBOX_RETRY_POLICY, **options)
 
 
 def bind_stored(sigs: list[Sig], run_id: str, base: str) -> list[Sig]:

@@ -25,7 +25,7 @@ def sweep_deadlines() -> int:
 @app.task(name="hitl.relay_outbox")
 def relay_outbox() -> int:
     """Send outbox rows left unsent (beat, every ``HITL_RELAY_INTERVAL`` s); return how many were sent."""
-    return outbox.relay()
+    return outbox.relay() + outbox.replay_stalled()
 
 
 @app.task(name="hitl.sweep_reminders")

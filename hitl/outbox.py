@@ -32,7 +32,7 @@ from sqlalchemy import Table, and_, bindparam, case, delete, insert, or_, select
 from sqlalchemy.orm import Session
 
 from approvals.errors import BrokerUnavailable
-from approvals.models import OutboxMessage, utcnow
+from approvals.models import OutboxMessage, Run, RunEvent, utcnow
 from approvals.status import RunStatus
 from approvals.transitions import end_run
 from hitl.broker import ensure_broker
@@ -52,7 +52,9 @@ _MARK_DELIVERED = (
     .where(_TABLE.c.task_id == bindparam("b_task_id"), _TABLE.c.delivered_at.is_(None))
     .values(delivered_at=bindparam("b_now", type_=_TABLE.c.delivered_at.type))
 )
-_PUBLISH_ERRORS = (KombuOperationalError, BrokerUnavailable, RedisError, OSError)
+#: What a publish raises when the broker cannot be reached.
+PUBLISH_ERRORS = (KombuOperationalError, BrokerUnavailable, RedisError, OSError)
+_PUBLISH_ERRORS = PUBLISH_ERRORS
 
 
 def enqueue(session: Session, run_id: str, task_id: str, sigs: list[dict[str, Any]], args: list[Any]) -> OutboxMessage:
@@ -255,6 +257,50 @@ def relay(grace_seconds: float | None = None) -> int:
         )
     if rows:
         log.info("outbox relay: publishing %d message(s)", len(rows))
+    return publish(rows)
+
+
+def replay_stalled(limit: int = 100) -> int:
+    """Send again the latest outbox message of runs that made no progress for ``HITL_STALL_AFTER`` seconds.
+
+    A run between waits is Celery's: a message the broker loses (kombu's Redis transport removes a message from
+    the queue before it records it as unacknowledged, so a worker killed in between loses it) leaves the run
+    ``pending`` or ``running`` with nothing on its way. Replaying the run's latest message from hitl (its start,
+    or the continuation of its latest decision) is safe by the guarantees in force: journaled steps that already
+    finished return their stored results without running again, a wait already stored is not stored twice, and a
+    plain task runs at least once. The run's ``updated_at`` is touched, so a run is replayed at most once per
+    period. Returns how many runs were replayed.
+    """
+    after = get_settings().stall_after
+    if after <= 0:
+        return 0
+    cutoff = utcnow() - timedelta(seconds=after)
+    runs = cast(Table, Run.__table__)
+    events = cast(Table, RunEvent.__table__)
+    with session_scope() as s:
+        stalled = list(
+            s.scalars(
+                select(runs.c.id)
+                .where(runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]), runs.c.updated_at <= cutoff)
+                .where(~select(events.c.id).where(events.c.run_id == runs.c.id, events.c.at > cutoff).exists())
+                .limit(limit)
+            )
+        )
+        rows: list[OutboxMessage] = []
+        for run_id in stalled:
+            touched = s.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]))
+                .where(runs.c.updated_at <= cutoff)
+                .values(updated_at=utcnow())
+            )
+            latest = s.scalar(
+                select(OutboxMessage).where(OutboxMessage.run_id == run_id).order_by(OutboxMessage.id.desc()).limit(1)
+            )
+            if getattr(touched, "rowcount", 0) == 1 and latest is not None:
+                rows.append(latest)
+    for row in rows:
+        log.warning("run %s made no progress for %.0f s: sending %s again", row.run_id, after, row.task_id)
     return publish(rows)
 
 

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds after which a sent message whose step never started is sent again (then 2x ... 32x that).",
     )
+    stall_after: float = Field(
+        3600,
+        ge=0,
+        description="Seconds a pending or running run may go without progress before the relay sends its latest "
+        "message again (a message the broker lost); longer than your longest run of plain tasks; 0: never.",
+    )
     outbox_retention: float = Field(7 * 86400, gt=0, description="Seconds delivered outbox rows are kept.")
     digest_cron: str = Field("0 * * * *", description="Crontab (m h dom mon dow, UTC) of the pending-approvals digest.")
     digest_age: float = Field(

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from celery import Signature, Task
+from celery import Signature, Task, signature
 from celery.exceptions import Reject
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -172,20 +172,59 @@ class Step(Task):  # type: ignore[misc]
         if c.skip:
             _end_chain(request)
             return None
-        if c.done is not None:  # a second delivery: reuse the result; Celery sends the rest again, same ids
+        if c.done is not None:  # a second delivery: reuse the result and send the rest again (same task ids)
             if c.done is not StepStatus.FINISHED:
                 _end_chain(request)
-            return c.result
+                return c.result
+            return self._send_rest(c.result)
         if self._wants_run_id():
             kwargs[RUN_ID_KWARG] = run_id
         try:
             model = self._decision_model()
             with steplog.running(receipt):
                 result, rows = self._execute(c, [_revive(blobs.resolve(a), model) for a in args], kwargs)
-        except steplog.LostClaim:  # another delivery finished this step first and sent what follows
-            _end_chain(request)
-            return None
+        except steplog.LostClaim:  # another delivery finished this step first: go on with its result
+            return self._after_lost_claim(run_id, receipt)
         outbox.publish(rows)
+        return self._send_rest(result)
+
+    def _after_lost_claim(self, run_id: str, receipt: str | None) -> Any:
+        """Another delivery of this step finished first. Send the rest of the chain with its stored result: that
+        delivery may have died before sending it, and its message may be gone with this one's acknowledgement
+        (a message re-delivered after the visibility timeout shares its delivery tag with the first). A second
+        copy of what follows is recognised by a journaled step, and plain tasks are at-least-once anyway."""
+        request = self.request
+        with _requeue_on_database_failure(self.name, request.id):
+            again = steplog.check(run_id, self.name, request.id, receipt=receipt)
+        if again.done is StepStatus.FINISHED:
+            return self._send_rest(again.result)
+        _end_chain(request)
+        return again.result
+
+    def _send_rest(self, result: Any) -> Any:
+        """Send the rest of the chain with ``result`` now, as Celery's tracer would after the step returns, but
+        where a broker failure can still hand the message back (``Reject(requeue=True)``): the redelivery finds
+        the step finished and sends the rest again. (Sent by the tracer, a failed publish would fail the step
+        after its completion was committed, and the rest of the run would be lost.) Returns ``result``."""
+        request = self.request
+        rest = list(request.chain or [])
+        if not rest:
+            return result
+        _end_chain(request)
+        try:
+            signature(rest[-1], app=self.app).apply_async(
+                (result,), chain=rest[:-1] or None, parent_id=request.id, root_id=request.root_id or request.id
+            )
+        except outbox.PUBLISH_ERRORS as exc:
+            request.chain = rest
+            log.warning(
+                "step %s (%s): could not send the rest of its chain (%s); its message goes back to the queue",
+                self.name,
+                request.id,
+                exc,
+            )
+            time.sleep(REQUEUE_PAUSE_SECONDS)
+            raise Reject(f"broker unavailable: {exc}", requeue=True) from exc
         return result
 
     def wait_header(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:

@@ -47,6 +47,9 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Itera
         HITL_RELAY_INTERVAL="0.5",
         HITL_RELAY_GRACE="1",
         HITL_REDELIVER_AFTER="5",
+        # A message kombu loses when a worker's main process is killed between taking it and recording it as
+        # unacknowledged: the relay replays the run's latest message after this long without progress.
+        HITL_STALL_AFTER="15",
     ) as s:
         create_test_tables()
         yield s

@@ -76,3 +76,31 @@ def test_failed_publishes_do_not_count_as_resends(engine_env: Path, monkeypatch:
     _sent_ago(task_id, get_settings().redeliver_after + 5)
     assert outbox.relay() == 1
     assert _row(task_id).attempts == 1
+
+
+def test_a_run_without_progress_gets_its_latest_message_again_once_per_period(
+    engine_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message the broker lost between waits leaves a run running with nothing on its way: after
+    HITL_STALL_AFTER the relay sends the run's latest message again, once per period, and never for a waiting run."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from approvals.models import Run, RunEvent, utcnow
+    from hitl.db import session_scope
+
+    monkeypatch.setenv("HITL_STALL_AFTER", "60")
+    get_settings.cache_clear()
+    stalled = hitl.start("plain-nowait", {"topic": "lost"})
+    fresh = hitl.start("plain-nowait", {"topic": "busy"})
+    long_ago = utcnow() - timedelta(seconds=120)
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.id == stalled).values(updated_at=long_ago))
+        s.execute(update(RunEvent).where(RunEvent.run_id == stalled).values(at=long_ago))
+    sent: list[str] = []
+    monkeypatch.setattr(outbox, "apply_canvas", lambda sigs, args, task_id, run_id, producer=None: sent.append(task_id))
+    assert outbox.replay_stalled() == 1
+    assert sent == [f"{stalled}.start"]  # the stalled run's start, not the other run's
+    assert outbox.replay_stalled() == 0  # touched: not again until another period passes
+    assert hitl.get_run(fresh).status is hitl.RunStatus.PENDING
