@@ -344,6 +344,7 @@ def _timing_db(total: list[float]) -> Iterator[None]:
 
 
 def sweep_and_storage(db: str, due: int, big: int) -> list[Row]:
+    import hitl
     from approvals.models import Approval
     from bench.flows import step
     from hitl.canvas import compile_canvas
@@ -351,7 +352,12 @@ def sweep_and_storage(db: str, due: int, big: int) -> list[Row]:
     from hitl.db import get_engine, session_scope
 
     # What a real wait stores: the 2-step continuation of bench-pause, bound to a run.
-    continuation = [compile_canvas(step.s() | step.s(), "0123456789abcdef", base="0123456789abcdef/resume")]
+    # (as a wait stores it: compiled with the run, task ids and run header given when it is sent)
+    compiled = compile_canvas(
+        step.s(0) | hitl.wait_for_approval.s(key="bench", timeout="1h") | step.s() | step.s(), "0123456789abcdef"
+    )
+    assert compiled is not None
+    continuation = [compiled["options"]["headers"]["hitl_wait"]["continuation"]]
 
     def clear() -> None:
         runs = "SELECT id FROM hitl_runs WHERE workflow = 'bench-storage'"
