@@ -373,7 +373,7 @@ def as_chain(sigs: list[Sig]) -> Signature:
     return _chain(*[signature(s, app=app) for s in sigs], app=app)
 
 
-def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | None, producer: Any = None) -> None:
+def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | None) -> None:
     """Send a stored canvas with ``args`` prepended to its first task(s).
 
     ``task_id`` is the outbox row's id: every first task gets it as :data:`HEADER_RECEIPT`, so the worker marks
@@ -386,9 +386,7 @@ def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | N
         sigs = bind_stored(sigs, run_id, task_id)
     first = _first_tasks(sigs[0], task_id, list(args)) if sigs else None
     sig = as_chain(([first] if first else []) + sigs[1:])
-    options: dict[str, Any] = {"producer": producer} if producer is not None else {}
-    if run_id is not None:
-        options["root_id"] = run_id
+    options: dict[str, Any] = {"root_id": run_id} if run_id is not None else {}
     sig.apply_async(retry_policy=OUTBOX_RETRY_POLICY, **options)
 
 
@@ -431,16 +429,6 @@ def _first_tasks(sig: Sig, task_id: str, args: list[Any]) -> Sig:
     options["headers"] = {**(options.get("headers") or {}), HEADER_RECEIPT: task_id}
     own = list(sig.get("args") or ())
     return {**sig, "args": own if sig.get("immutable") else [*args, *own], "options": options}
-
-
-def first_task_id(sig: Sig) -> str | None:
-    """The task id of the first task a compiled canvas runs (None for a group: several run first)."""
-    kind = sig.get("subtask_type")
-    if kind == "chain":
-        return first_task_id(sig["kwargs"]["tasks"][0])
-    if kind:
-        return None
-    return (sig.get("options") or {}).get("task_id")
 
 
 def _check_json(sig: Sig) -> None:
