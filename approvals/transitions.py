@@ -11,7 +11,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, Update, bindparam, func, insert, select, text, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, event, func, insert, select, text, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -87,7 +87,33 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
         values["finished_at"] = now
     params = {f"b_{name}": value for name, value in values.items()}
     stmt = _move_run_statement(target, tuple(sorted(values)))
-    return _rowcount(session.execute(stmt, {"b_id": run_id, "b_updated_at": now, **params})) == 1
+    moved = _rowcount(session.execute(stmt, {"b_id": run_id, "b_updated_at": now, **params})) == 1
+    if moved:
+        note_locked_run(session, run_id)
+    return moved
+
+
+#: ``session.info`` key: ids of the runs whose rows this transaction has updated (and so holds locked until it
+#: ends). The audit log's per-run chains need that lock (:func:`hitl.audit_chains.place`) and skip taking it again.
+LOCKED_RUNS_KEY = "hitl_locked_runs"
+
+
+def note_locked_run(session: Session, run_id: str) -> None:
+    """Note that ``session``'s transaction changed run ``run_id``'s row (an UPDATE that matched it): on
+    PostgreSQL it holds the row's lock until commit; on SQLite the transaction holds the write lock anyway."""
+    session.info.setdefault(LOCKED_RUNS_KEY, set()).add(run_id)
+
+
+def locked_runs(session: Session) -> set[str]:
+    """The runs whose rows ``session``'s current transaction has updated (see :func:`note_locked_run`)."""
+    return cast(set[str], session.info.get(LOCKED_RUNS_KEY, set()))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_locked_runs(session: Session, _transaction: Any) -> None:
+    # Any transaction's end (a savepoint's too, whose rollback releases the locks taken after it): forgetting
+    # too soon only costs the audit log one locking read.
+    session.info.pop(LOCKED_RUNS_KEY, None)
 
 
 @functools.cache
@@ -244,6 +270,31 @@ def resolve_approval(
     stmt = _resolve_statement(target, before_deadline is not None, due_by is not None)
     params = {"b_id": approval_id, "b_now": utcnow(), "b_before": before_deadline, "b_due": due_by}
     return _rowcount(session.execute(stmt, params)) == 1
+
+
+def resolve_approval_row(
+    session: Session, approval_id: str, target: ApprovalStatus, *, before_deadline: datetime
+) -> Approval | None:
+    """:func:`resolve_approval` that returns the approval it moved (``UPDATE ... RETURNING``, the row in the
+    session as an ORM object: no second statement reads it), or None when the compare-and-set lost."""
+    stmt = _resolve_returning_statement(target)
+    params = {"b_id": approval_id, "b_now": utcnow(), "b_before": before_deadline}
+    return session.scalars(stmt, params, execution_options={"synchronize_session": False}).one_or_none()
+
+
+@functools.cache
+def _resolve_returning_statement(target: ApprovalStatus) -> Any:
+    a = Approval.__table__.c
+    return (
+        update(Approval)
+        .where(
+            Approval.id == bindparam("b_id"),
+            Approval.status.in_(approval_sources(target)),
+            Approval.deadline > bindparam("b_before", type_=a.deadline.type),
+        )
+        .values(status=target, resolved_at=bindparam("b_now", type_=a.resolved_at.type))
+        .returning(Approval)
+    )
 
 
 @functools.cache

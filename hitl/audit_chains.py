@@ -40,7 +40,7 @@ from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session
 
 from approvals.models import Approval, AuditRecord, Run
-from approvals.transitions import CHUNK
+from approvals.transitions import CHUNK, locked_runs
 
 TABLE = cast(Table, AuditRecord.__table__)
 
@@ -125,8 +125,9 @@ def place(session: Session, about: Sequence[tuple[str | None, str | None]]) -> l
     approvals = _runs_of(session, sorted({a for r, a in about if r is None and a is not None}), lock=False)
     # An approval's run never changes once set; one that no run has taken is locked (its chain), and read again.
     approvals.update(_runs_of(session, sorted(a for a, r in approvals.items() if r is None), lock=True))
-    wanted = sorted({r for r, a in about if r is not None} | {r for r in approvals.values() if r is not None})
-    runs: set[str] = set()
+    named = {r for r, a in about if r is not None} | {r for r in approvals.values() if r is not None}
+    runs = named & locked_runs(session)  # rows this transaction updated: they exist and are locked already
+    wanted = sorted(named - runs)
     for i in range(0, len(wanted), CHUNK):
         of_runs = select(Run.id).where(Run.id.in_(wanted[i : i + CHUNK])).order_by(Run.id)
         runs.update(session.scalars(of_runs.with_for_update(key_share=True)))

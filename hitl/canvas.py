@@ -385,9 +385,40 @@ def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | N
     if run_id is not None:
         sigs = bind_stored(sigs, run_id, task_id)
     first = _first_tasks(sigs[0], task_id, list(args)) if sigs else None
-    sig = as_chain(([first] if first else []) + sigs[1:])
+    stored = ([first] if first else []) + sigs[1:]
     options: dict[str, Any] = {"root_id": run_id} if run_id is not None else {}
-    sig.apply_async(retry_policy=OUTBOX_RETRY_POLICY, **options)
+    linear = _linear(stored)
+    if linear is not None:  # the common case, sent as Celery's chain sends it, without re-preparing each link
+        head, *rest = linear
+        signature(head, app=app).apply_async(
+            chain=[dict(t) for t in reversed(rest)] or None, retry_policy=OUTBOX_RETRY_POLICY, **options
+        )
+        return
+    as_chain(stored).apply_async(retry_policy=OUTBOX_RETRY_POLICY, **options)
+
+
+def _linear(sigs: list[Sig]) -> list[Sig] | None:
+    """The tasks of ``sigs`` in run order when they form a plain chain (no group or chord, every task with its
+    id), else None.
+
+    Such a chain is sent the way ``celery.canvas._chain.run`` sends one: the first task's message carries the
+    rest as its ``chain`` (last first), and each worker pops the next link and sends it with its result, its
+    own id as ``parent_id`` and the same ``root_id`` (``celery.app.trace``). Preparing the links
+    (``prepare_steps``: clone and freeze each one) is skipped, since compiled tasks have their ids already.
+    """
+    tasks: list[Sig] = []
+    for sig in sigs:
+        kind = sig.get("subtask_type")
+        if kind == "chain":
+            inner = _linear(list(sig["kwargs"]["tasks"]))
+            if inner is None or sig.get("args") or sig.get("options"):
+                return None
+            tasks += inner
+        elif kind or not (sig.get("options") or {}).get("task_id"):
+            return None
+        else:
+            tasks.append(sig)
+    return tasks or None
 
 
 def bind_stored(sigs: list[Sig], run_id: str, base: str) -> list[Sig]:

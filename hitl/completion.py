@@ -28,6 +28,7 @@ from approvals.transitions import (
     end_run,
     move_run,
     resolve_approval,
+    resolve_approval_row,
     touch_pending,
     why_not_pending,
 )
@@ -232,9 +233,9 @@ def _decide_once(
     now: datetime,
     link_nonce: str | None,
 ) -> _Decided:
-    if not resolve_approval(s, approval_id, outcome.approval_status, before_deadline=now):
+    approval = resolve_approval_row(s, approval_id, outcome.approval_status, before_deadline=now)
+    if approval is None:
         raise why_not_pending(s, approval_id, now)
-    approval = s.get_one(Approval, approval_id)
     validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
     if link_nonce is not None:
         _use_link(s, approval_id, link_nonce, actor)

@@ -27,7 +27,7 @@ from approvals.models import Approval, OutboxMessage, Run, utcnow
 from approvals.policy import FAIL_DEFAULT
 from approvals.schemas import Decision, Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import _rowcount, add_event, cancel_pending_approvals, end_run, move_run
+from approvals.transitions import _rowcount, add_event, cancel_pending_approvals, end_run, move_run, note_locked_run
 from hitl import outbox
 
 _TERMINAL = {
@@ -69,6 +69,7 @@ def settle(
     locked = update(Run).where(Run.id == run_id, Run.status == RunStatus.WAITING).values(updated_at=utcnow())
     if _rowcount(s.execute(locked)) != 1:
         return []  # cancelled, ended, or already resumed by a sibling
+    note_locked_run(s, run_id)
     siblings = [
         a
         for a in s.scalars(select(Approval).where(Approval.run_id == run_id).execution_options(populate_existing=True))
