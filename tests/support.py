@@ -186,6 +186,16 @@ class Stack:
         self.services.append(old)  # keep its log for the report
         wait_ready(self.services[0])
 
+    @contextmanager
+    def worker_down(self) -> Iterator[None]:
+        """Stop the worker (SIGTERM) for the block, with no supervisor restart; start a new one after."""
+        with self._lock:
+            self.worker.stop()
+            try:
+                yield
+            finally:
+                self.restart_worker(kill=False)
+
     def add_beat(self) -> Any:
         from hitl.procs import start_beat
 
