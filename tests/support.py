@@ -309,8 +309,8 @@ class ApiServer:
 
 
 @contextmanager
-def api_server(stack: Stack) -> Iterator[ApiServer]:
-    """Run ``hitl serve`` for ``stack`` on a free port until the block ends; links point at it."""
+def api_server(stack: Stack, *serve_args: str) -> Iterator[ApiServer]:
+    """Run ``hitl serve [SERVE_ARGS]`` for ``stack`` on a free port until the block ends; links point at it."""
     import httpx
 
     port = free_port()
@@ -320,7 +320,7 @@ def api_server(stack: Stack) -> Iterator[ApiServer]:
     log = stack.home / f"api-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hitl", "serve", "--port", str(port)],
+            [sys.executable, "-m", "hitl", "serve", "--port", str(port), *serve_args],
             env={**os.environ, **stack.env},
             stdout=out,
             stderr=subprocess.STDOUT,
