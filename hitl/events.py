@@ -1,18 +1,28 @@
-"""Live lifecycle events: each timeline row is published on Redis pub/sub once its transaction commits.
+"""Live lifecycle events: each timeline row is announced to live-event servers once its transaction commits.
 
 The engine does this for every workflow (no workflow code is involved): timeline rows are appended with
-:func:`approvals.transitions.add_event` (or ``insert_events``), which note them on the session, and a
-session hook publishes them after commit, on
-``hitl:events:run:<run_id>`` and — for ``waiting_for_input``, ``input_resolved``, ``decision_refused`` and
-``run_finished`` — also on ``hitl:events:inbox``. Pub/sub is best effort: the timeline rows are the durable
-record, so a subscriber that was away replays them from the database by event id (``Last-Event-ID``) and
-then follows the live channel. A publish failure is logged and never fails the transaction that caused it.
+:func:`approvals.transitions.add_event` (or ``insert_events``), which note them on the session, and session
+hooks announce them. How depends on :func:`mode`, which every process derives from the same settings:
 
-Only channels somebody listens to are published to. Each process asks Redis which ``hitl:events:*``
-channels have subscribers (``PUBSUB CHANNELS``) at most every :data:`LISTENERS_REFRESH_SECONDS` and skips
-the rest, so steps nobody watches cost no Redis round trip. A process may therefore skip a channel for up
-to that long after someone subscribed to it; a subscriber covers the gap by reading the timeline again
-:data:`CATCH_UP_AFTER_SECONDS` after subscribing (:mod:`hitl.api.streams` does).
+- ``redis`` (``HITL_EVENTS_URL`` is set, or the broker is Redis): after commit, each row is published on
+  ``hitl:events:run:<run_id>`` and — for ``waiting_for_input``, ``input_resolved``, ``decision_refused`` and
+  ``run_finished`` — also on ``hitl:events:inbox``.
+- ``postgresql`` (no Redis, database on PostgreSQL): a transaction that appended rows also sends
+  ``NOTIFY hitl_events`` (delivered by PostgreSQL at commit); servers then read the new rows.
+- ``database`` (no Redis, another database such as SQLite): nothing is sent; servers read the timeline
+  every :data:`POLL_SECONDS`.
+
+The servers' side is :mod:`hitl.api.livebus`. Live events are best effort: the timeline rows are the
+durable record, so a subscriber that was away replays them from the database by event id
+(``Last-Event-ID``) and then follows live. A publish failure is logged and never fails the transaction
+that caused it.
+
+With Redis, only channels somebody listens to are published to. Each process asks Redis which
+``hitl:events:*`` channels have subscribers (``PUBSUB CHANNELS``) at most every
+:data:`LISTENERS_REFRESH_SECONDS` and skips the rest, so steps nobody watches cost no Redis round trip. A
+process may therefore skip a channel for up to that long after someone subscribed to it; a subscriber covers
+the gap by reading the timeline again :data:`CATCH_UP_AFTER_SECONDS` after subscribing
+(:mod:`hitl.api.streams` does).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import redis
 from redis.backoff import NoBackoff
@@ -31,6 +41,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.models import NEW_EVENTS_KEY, RunEvent
 from approvals.status import EventKind
+
+if TYPE_CHECKING:
+    from hitl.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,13 @@ LISTENERS_REFRESH_SECONDS = 1.0
 #: their list of channels predated the subscription: the refresh interval plus a margin.
 CATCH_UP_AFTER_SECONDS = LISTENERS_REFRESH_SECONDS + 0.5
 _CHANNEL_PATTERN = "hitl:events:*"
+#: The PostgreSQL notification channel of :func:`mode` ``postgresql``.
+PG_CHANNEL = "hitl_events"
+#: How often (s) a live-event server reads the timeline when nothing tells it of new rows (``database``
+#: mode; in ``postgresql`` mode a fallback should a notification be missed).
+POLL_SECONDS = 0.5
+
+Mode = Literal["redis", "postgresql", "database"]
 
 
 class LiveEvent(TypedDict):
@@ -84,10 +104,40 @@ def live_event(row: RunEvent | dict[str, Any]) -> LiveEvent:
     )
 
 
+def redis_url(settings: Settings | None = None) -> str | None:
+    """Return the Redis URL live events go through: ``HITL_EVENTS_URL``, else the broker's when it is Redis,
+    else None (then they go through the database)."""
+    from hitl.broker import broker_url
+    from hitl.settings import REDIS_SCHEMES, get_settings
+
+    settings = settings or get_settings()
+    if settings.events_url:
+        return settings.events_url
+    url = broker_url(settings)
+    return url if url.startswith(REDIS_SCHEMES) else None
+
+
+def mode(settings: Settings | None = None) -> Mode:
+    """Return how live events travel with ``settings`` (see the module docstring)."""
+    from hitl.settings import get_settings
+
+    settings = settings or get_settings()
+    if redis_url(settings) is not None:
+        return "redis"
+    return "postgresql" if settings.resolved_database_url.startswith("postgresql") else "database"
+
+
 def install(factory: sessionmaker[Session]) -> None:
-    """Hook ``factory``'s sessions so the timeline rows they commit are published (see module docstring)."""
+    """Hook ``factory``'s sessions so the timeline rows they commit are announced (see module docstring)."""
+    event.listen(factory, "before_commit", _before_commit)
     event.listen(factory, "after_commit", _after_commit)
     event.listen(factory, "after_rollback", _forget)
+
+
+def _before_commit(session: Session) -> None:
+    # NOTIFY is transactional: PostgreSQL delivers it when (and only if) the rows commit.
+    if session.info.get(NEW_EVENTS_KEY) and _mode() == "postgresql":
+        session.connection().exec_driver_sql(f"NOTIFY {PG_CHANNEL}")
 
 
 def _forget(session: Session) -> None:
@@ -96,7 +146,7 @@ def _forget(session: Session) -> None:
 
 def _after_commit(session: Session) -> None:
     pending: list[dict[str, Any]] = session.info.pop(NEW_EVENTS_KEY, [])
-    if not pending:
+    if not pending or _mode() != "redis":
         return
     listened = listened_channels()
     if not listened:
@@ -108,24 +158,37 @@ def _after_commit(session: Session) -> None:
 
 _client: redis.Redis | None = None
 _client_for: tuple[int, object] = (0, None)
+_mode_for: tuple[int, object, Mode] = (0, None, "database")
 _down_until = 0.0
 _listened: frozenset[str] = frozenset()
 _listened_until = 0.0
 
 
+def _mode() -> Mode:
+    """:func:`mode` of this process's settings, kept per process and settings object."""
+    global _mode_for
+    from hitl.settings import get_settings
+
+    settings = get_settings()
+    if _mode_for[0] != os.getpid() or _mode_for[1] is not settings:
+        _mode_for = (os.getpid(), settings, mode(settings))
+    return _mode_for[2]
+
+
 def client() -> redis.Redis | None:
-    """Return this process's Redis client on the broker, or None when the broker is not Redis.
+    """Return this process's Redis client for live events (:func:`redis_url`), or None without one.
 
     The client is kept per process and per settings object: a fork, or a process re-pointed at another
     broker (settings reloaded, ``hitl.app.reconfigure``), gets a new one.
     """
     global _client, _client_for, _down_until, _listened_until
-    from hitl.broker import broker_url
     from hitl.settings import get_settings
 
     settings = get_settings()
     if _client_for[0] != os.getpid() or _client_for[1] is not settings:
-        _client, _client_for, _down_until = _redis_for(broker_url(settings)), (os.getpid(), settings), 0.0
+        url = redis_url(settings)
+        _client = redis_client(url, **_SYNC_OPTIONS) if url else None
+        _client_for, _down_until = (os.getpid(), settings), 0.0
         _listened_until = 0.0
     return _client
 
@@ -152,16 +215,17 @@ def listened_channels() -> frozenset[str]:
     return _listened
 
 
-def _redis_for(url: str) -> redis.Redis | None:
-    # No retries with backoff (redis-py's default retries a refused connection for seconds): live events are
-    # best effort, and a step's commit must not wait on a broker that is down.
-    opts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+# No retries with backoff (redis-py's default retries a refused connection for seconds): live events are
+# best effort, and a step's commit must not wait on a server that is down.
+_SYNC_OPTIONS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+
+
+def redis_client(url: str, cls: Any = redis.Redis, **options: Any) -> Any:
+    """Return a client of class ``cls`` (``redis.Redis`` or ``redis.asyncio.Redis``) on ``url``, kombu's
+    ``redis+socket://PATH`` spelling included."""
     if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), **opts)
-    if url.startswith(("redis://", "rediss://")):
-        return redis.Redis.from_url(url, **opts)
-    log.warning("live events need a Redis broker; %s is not one, so no live events are published", url.split(":")[0])
-    return None
+        return cls(unix_socket_path=url.removeprefix("redis+socket://"), **options)
+    return cls.from_url(url, **options)
 
 
 def publish(events: list[LiveEvent], listened: frozenset[str] | None = None) -> None:
@@ -184,50 +248,3 @@ def publish(events: list[LiveEvent], listened: frozenset[str] | None = None) -> 
     except redis.RedisError as exc:
         _down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
         log.info("could not publish %d live event(s): %s", len(events), exc)
-
-
-class Subscription:
-    """A live subscription to one channel (:func:`run_channel` or :data:`INBOX_CHANNEL`); close it when done.
-
-    Subscribe before replaying missed events from the database, then skip live events already replayed
-    (by id): nothing falls in the gap between the two.
-
-    Raises:
-        BrokerUnavailable: the broker is not Redis or cannot be reached (from the constructor and :meth:`get`).
-    """
-
-    def __init__(self, channel: str) -> None:
-        from approvals.errors import BrokerUnavailable
-
-        r = client()
-        if r is None:
-            raise BrokerUnavailable("live events need a Redis broker")
-        self._pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        try:
-            self._pubsub.subscribe(channel)
-            # Wait for the server's confirmation: from then on the channel is listed as listened.
-            self._pubsub.get_message(timeout=2.0)
-        except redis.RedisError as exc:
-            self._pubsub.close()
-            raise BrokerUnavailable(f"cannot subscribe to live events: {exc}") from exc
-        #: ``time.monotonic()`` once subscribed; the timeline is read again at ``+ CATCH_UP_AFTER_SECONDS``.
-        self.subscribed_at = time.monotonic()
-
-    def get(self, timeout: float) -> LiveEvent | None:
-        """Return the next event, or None if none came within ``timeout`` seconds."""
-        from approvals.errors import BrokerUnavailable
-
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self._pubsub.get_message(timeout=left)
-            except redis.RedisError as exc:
-                raise BrokerUnavailable(f"live events interrupted: {exc}") from exc
-            if message is not None and message["type"] == "message":
-                event: LiveEvent = json.loads(message["data"])
-                return event
-        return None
-
-    def close(self) -> None:
-        """Unsubscribe and release the connection."""
-        self._pubsub.close()

@@ -1,17 +1,39 @@
-"""Readiness checks of the database and the broker (``GET /api/v1/health``)."""
+"""Readiness checks of the database and the broker (``GET /api/v1/health``, ``hitl broker status``)."""
 
 from __future__ import annotations
 
-import redis
 from sqlalchemy import text
 
 from approvals.errors import HitlError
+
+#: Seconds a broker may take to accept a connection before it counts as unreachable.
+BROKER_TIMEOUT_SECONDS = 1.0
+
+
+def broker_problem(url: str | None = None, timeout: float = BROKER_TIMEOUT_SECONDS) -> str | None:
+    """Connect to the broker at ``url`` (default: the one in force) through kombu, for any transport
+    (Redis, RabbitMQ, SQS, ...); return None when it accepted the connection, else why not (one line, no
+    password: kombu's errors do not carry the URL).
+
+    One attempt, no retry: ``Connection.ensure_connection(max_retries=0)`` raises the first failure.
+    """
+    from kombu.connection import Connection
+
+    from hitl.broker import broker_url
+
+    conn = Connection(url or broker_url(), connect_timeout=timeout)  # type: ignore[no-untyped-call]
+    try:
+        conn.ensure_connection(max_retries=0, timeout=timeout)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # kombu raises the transport's own errors (OSError, redis, amqp, ...)
+        return f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        conn.release()  # type: ignore[no-untyped-call]
+    return None
 
 
 def check() -> tuple[bool, bool]:
     """Return whether the database and the broker answer, each within about a second."""
     from hitl.db import session_scope
-    from hitl.events import client
 
     try:
         with session_scope() as s:
@@ -19,9 +41,4 @@ def check() -> tuple[bool, bool]:
         db_ok = True
     except HitlError:
         db_ok = False
-    try:
-        r = client()
-        broker_ok = bool(r is not None and r.ping())
-    except redis.RedisError:
-        broker_ok = False
-    return db_ok, broker_ok
+    return db_ok, broker_problem() is None

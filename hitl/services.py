@@ -146,18 +146,38 @@ def broker_stop() -> None:
 @broker.command("status")
 @json_option
 def broker_status(as_json: bool) -> None:
-    """Say whether the broker in force is embedded and running, and its URL."""
+    """Say whether the broker in force (embedded, or HITL_BROKER_URL of any Celery transport) is embedded
+    and running, whether it accepts a connection (checked through kombu), and its URL. Exit 1 when it
+    does not answer."""
+    from kombu.utils.url import maybe_sanitize_url
+
     from hitl.broker import broker_url, is_running
+    from hitl.events import mode
+    from hitl.health import broker_problem
     from hitl.render import print_json
     from hitl.settings import get_settings
 
     embedded = get_settings().embedded_broker
     running = is_running() if embedded else None
+    problem = broker_problem() if running is not False else "not running"
+    url = maybe_sanitize_url(broker_url())
     if as_json:
-        print_json({"url": broker_url(), "embedded": embedded, "running": running})
+        print_json(
+            {
+                "url": url,
+                "embedded": embedded,
+                "running": running,
+                "reachable": problem is None,
+                "problem": problem,
+                "live_events": mode(),
+            }
+        )
     else:
         state = ("running" if running else "not running") if embedded else "external"
-        click.echo(f"{broker_url()} ({state})")
+        reach = "" if running is False else ", reachable" if problem is None else f", unreachable: {problem}"
+        click.echo(f"{url} ({state}{reach}); live events through {mode()}")
+    if problem is not None:
+        raise SystemExit(1)
 
 
 @cli.group(cls=HitlGroup, context_settings=CONTEXT)
@@ -223,11 +243,20 @@ def relay(as_json: bool) -> None:
 @click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level."
 )
-def serve(host: str, port: int, log_level: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    envvar="HITL_API_WORKERS",
+    show_envvar=True,
+    help="Server processes (uvicorn workers) sharing the port; each serves its own live streams.",
+)
+def serve(host: str, port: int, log_level: str, workers: int) -> None:
     """Serve the HTTP API (/api/v1, OpenAPI at /openapi.json, docs at /docs) and the approval inbox (/inbox).
 
     Sign in to the inbox with an API key from `hitl keys create`. Signed links (`hitl approvals link`) point
-    at HITL_PUBLIC_URL, which should be where people reach this server.
+    at HITL_PUBLIC_URL, which should be where people reach this server. Live event streams are async: one
+    process holds thousands of them.
     """
     import uvicorn
 
@@ -237,7 +266,19 @@ def serve(host: str, port: int, log_level: str) -> None:
 
     ensure_broker()
     get_engine()
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    if workers == 1:
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    else:
+        # Worker processes import the app themselves; they inherit the HITL_* environment.
+        uvicorn.run(
+            "hitl.api:create_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
 
 
 @cli.group(cls=HitlGroup, context_settings=CONTEXT)

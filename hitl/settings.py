@@ -19,6 +19,8 @@ from approvals.errors import InvalidSettings
 #: A wait declared without a timeout gets this deadline (seconds): one day. Never "forever": a wait whose
 #: run was forgotten would otherwise stay pending for good (the orphaned-wait trap of hosted tools).
 DEFAULT_WAIT_TIMEOUT_SECONDS = 24 * 3600
+#: URL schemes of a Redis server (kombu's and redis-py's spellings).
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
         None,
         description="Celery result backend URL, for chords' joins (only tasks in a group store results); default: "
         "Celery's database backend on hitl's database (db+HITL_DATABASE_URL), which outlives a broker restart.",
+    )
+    events_url: str | None = Field(
+        None,
+        description="Redis URL for live events (SSE streams); default: the broker when it is Redis, else the"
+        " database (PostgreSQL LISTEN/NOTIFY, or reading the timeline).",
     )
     auto_migrate: bool = Field(True, description="Upgrade the schema to the latest migration on first connect.")
     workflow_modules: list[str] = Field(["tasks"], description="Modules that define workflows and beat jobs.")
@@ -125,6 +132,12 @@ class Settings(BaseSettings):
         # A message must not be re-delivered while its step may still be running (Celery's Redis caveat).
         if self.visibility_timeout <= self.step_time_limit:
             raise ValueError("HITL_VISIBILITY_TIMEOUT must be longer than HITL_STEP_TIME_LIMIT")
+        return self
+
+    @model_validator(mode="after")
+    def _events_url_is_redis(self) -> Settings:
+        if self.events_url and not self.events_url.startswith(REDIS_SCHEMES):
+            raise ValueError("HITL_EVENTS_URL must be a Redis URL (redis://, rediss://, redis+socket://)")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run hitl's tests: a virtualenv in .venv with hitl and its test tools, then pytest.
-# Lint (ruff) and types (mypy --strict) first. Unit tests need nothing else; PostgreSQL is installed if
-# missing, and Chromium (as root, from Debian's packages); integration and acceptance tests start their own embedded Redis server,
+# Lint (ruff) and types (mypy --strict) first. Unit tests need nothing else; PostgreSQL, RabbitMQ and Chromium
+# are installed if missing (as root, from Debian's packages); integration and acceptance tests start their own embedded Redis server,
 # Celery worker and beat processes. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,10 @@ if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl 
 fi
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   missing+=(chromium)
+fi
+# RabbitMQ for the pipeline tests on amqp:// (they start their own throwaway node from these scripts).
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  missing+=(rabbitmq-server)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

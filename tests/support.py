@@ -186,6 +186,16 @@ class Stack:
         self.services.append(old)  # keep its log for the report
         wait_ready(self.services[0])
 
+    @contextmanager
+    def worker_down(self) -> Iterator[None]:
+        """Stop the worker (SIGTERM) for the block, with no supervisor restart; start a new one after."""
+        with self._lock:
+            self.worker.stop()
+            try:
+                yield
+            finally:
+                self.restart_worker(kill=False)
+
     def add_beat(self) -> Any:
         from hitl.procs import start_beat
 
@@ -299,8 +309,8 @@ class ApiServer:
 
 
 @contextmanager
-def api_server(stack: Stack) -> Iterator[ApiServer]:
-    """Run ``hitl serve`` for ``stack`` on a free port until the block ends; links point at it."""
+def api_server(stack: Stack, *serve_args: str) -> Iterator[ApiServer]:
+    """Run ``hitl serve [SERVE_ARGS]`` for ``stack`` on a free port until the block ends; links point at it."""
     import httpx
 
     port = free_port()
@@ -310,7 +320,7 @@ def api_server(stack: Stack) -> Iterator[ApiServer]:
     log = stack.home / f"api-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hitl", "serve", "--port", str(port)],
+            [sys.executable, "-m", "hitl", "serve", "--port", str(port), *serve_args],
             env={**os.environ, **stack.env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from hitl.auth import Principal, authenticate, session_principal
 from hitl.settings import get_settings
 
 SESSION_COOKIE = "hitl_session"
-#: Threads for sync routes and live streams (each open SSE stream holds one); AnyIO's default is 40.
+#: Threads for sync routes and database reads (live streams hold none: they are async); AnyIO's default is 40.
 THREADS = 200
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (hk_...) or an approval token (hat....).")
@@ -100,8 +100,13 @@ class _TooLarge(Exception):
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    from hitl.api import livebus
+
     anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
-    yield
+    try:
+        yield
+    finally:
+        await livebus.shutdown()
 
 
 def create_app() -> FastAPI:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
@@ -216,15 +217,18 @@ def cancel_run(run_id: str, caller: Caller, body: CancelRequest | None = None) -
 
 
 @router.get("/runs/{run_id}/events", responses=_errors(404), tags=["events"], response_class=EventSourceResponse)
-def run_events(run_id: str, caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0) -> EventSourceResponse:
+async def run_events(
+    run_id: str, caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0
+) -> EventSourceResponse:
     """Server-sent events of a run: its timeline since ``Last-Event-ID``, then live; ends at ``run_finished``.
 
     Each event has ``id`` (the timeline id), ``event`` (the kind: ``step_finished``,
-    ``waiting_for_input``, ``input_resolved``, ``run_finished``, ...) and JSON ``data``.
+    ``waiting_for_input``, ``input_resolved``, ``run_finished``, ...) and JSON ``data``. 503 when the
+    source of live events (Redis or the database) cannot be reached.
     """
     auth.require(caller, Scope.READ)
-    views.get_run(run_id)  # 404 before the stream starts
-    return EventSourceResponse(streams.run_stream(run_id, last_event_id), ping=15)
+    await run_in_threadpool(views.get_run, run_id)  # 404 before the stream starts
+    return EventSourceResponse(await streams.run_stream(run_id, last_event_id), ping=15)
 
 
 # ---------------------------------------------------------------- approvals
@@ -278,11 +282,11 @@ def create_approval(body: CreateApprovalRequest, caller: Caller) -> ApprovalView
 
 
 @router.get("/approvals/events", responses=_errors(), tags=["events"], response_class=EventSourceResponse)
-def inbox_events(caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0) -> EventSourceResponse:
+async def inbox_events(caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0) -> EventSourceResponse:
     """Server-sent events for an inbox: ``waiting_for_input``, ``input_resolved``, ``decision_refused`` and
     ``run_finished`` of every run, live (and, with ``Last-Event-ID``, those missed since)."""
     auth.require(caller, Scope.READ)
-    return EventSourceResponse(streams.inbox_stream(last_event_id), ping=15)
+    return EventSourceResponse(await streams.inbox_stream(last_event_id), ping=15)
 
 
 @router.get("/approvals/{approval_id}", response_model=ApprovalView, responses=_errors(404), tags=["approvals"])
@@ -295,15 +299,15 @@ def get_approval(approval_id: str, caller: Caller) -> ApprovalView:
 @router.get(
     "/approvals/{approval_id}/events", responses=_errors(404), tags=["events"], response_class=EventSourceResponse
 )
-def approval_events(
+async def approval_events(
     approval_id: str, caller: Caller, last_event_id: Annotated[int, Header(ge=0)] = 0
 ) -> EventSourceResponse:
     """Server-sent events of one approval (readable with its approval token); ends when it is resolved."""
     auth.require(caller, Scope.READ, approval_id)
-    run_id = views.get_approval(approval_id).run_id
+    run_id = (await run_in_threadpool(views.get_approval, approval_id)).run_id
     if run_id is None:
         raise InvalidTransition(f"approval {approval_id} was created ahead; it has events once a run takes it")
-    return EventSourceResponse(streams.approval_stream(run_id, approval_id, last_event_id), ping=15)
+    return EventSourceResponse(await streams.approval_stream(run_id, approval_id, last_event_id), ping=15)
 
 
 def _decided(decision: Decision) -> DecisionResponse:

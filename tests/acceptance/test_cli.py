@@ -98,8 +98,16 @@ def test_read_commands_print_json(tmp_path: Path) -> None:
     by_name = {f["name"]: f for f in flows}
     assert set(by_name) == {"content-review", "db-change"}
     assert "topic" in by_name["content-review"]["input_schema"]["properties"]
-    status = hitl_cli("broker", "status", "--json", env=env).json()
-    assert status == {"url": f"redis+socket://{tmp_path / 'redis.sock'}", "embedded": True, "running": False}
+    res = hitl_cli("broker", "status", "--json", env=env)
+    assert res.code == 1  # the embedded broker is not running: it does not answer
+    assert res.json() == {
+        "url": f"redis+socket://{tmp_path / 'redis.sock'}",
+        "embedded": True,
+        "running": False,
+        "reachable": False,
+        "problem": "not running",
+        "live_events": "redis",
+    }
 
 
 def test_python_dash_m_hitl_is_the_same_command() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
 
 from hitl.api import streams
-from hitl.events import LiveEvent
+from hitl.events import CATCH_UP_AFTER_SECONDS, LiveEvent
 
 
 def _ev(i: int, kind: str) -> LiveEvent:
@@ -21,22 +21,34 @@ class _Sub:
         self.subscribed_at = time.monotonic()
         self.closed = False
 
-    def get(self, timeout: float) -> LiveEvent | None:
+    async def get(self, timeout: float) -> LiveEvent | None:
         if self.live:
             return self.live.pop(0)
-        time.sleep(min(timeout, 0.01))
+        await asyncio.sleep(min(timeout, 0.01))
         return None
 
     def close(self) -> None:
         self.closed = True
 
 
-def _ids(sub: _Sub, timeline: list[LiveEvent], last_id: int = 0) -> list[int]:
+def _ids(
+    sub: _Sub, timeline: list[LiveEvent], last_id: int = 0, catch_up_after: float = CATCH_UP_AFTER_SECONDS
+) -> list[int]:
     def replay(after: int) -> list[LiveEvent]:
         return [ev for ev in timeline if ev["id"] > after]
 
-    follow = streams._follow(sub, replay, last_id, keep=lambda ev: True, done=lambda ev: ev["kind"] == "run_finished")  # type: ignore[arg-type]
-    return [int(e.id) for e in follow if e.id is not None]
+    async def collect(catch_up_after: float) -> list[int]:
+        follow = streams._follow(
+            sub,  # type: ignore[arg-type]
+            replay,
+            last_id,
+            keep=lambda ev: True,
+            done=lambda ev: ev["kind"] == "run_finished",
+            catch_up_after=catch_up_after,
+        )
+        return [int(e.id) async for e in follow if e.id is not None]
+
+    return asyncio.run(collect(catch_up_after))
 
 
 def test_a_run_stream_ending_early_still_sends_what_a_publisher_skipped() -> None:
@@ -55,9 +67,8 @@ def test_live_events_already_replayed_are_not_sent_twice() -> None:
     assert _ids(sub, timeline, last_id=1) == [2, 3]
 
 
-def test_after_the_window_live_events_are_sent_as_they_come(monkeypatch: Any) -> None:
-    monkeypatch.setattr(streams, "CATCH_UP_AFTER_SECONDS", 0.0)
+def test_after_the_window_live_events_are_sent_as_they_come() -> None:
     timeline = [_ev(1, "created")]
     sub = _Sub([_ev(2, "step_finished"), _ev(3, "run_finished")])
     # The window is over at once: one catch-up read (nothing new), then the live events themselves.
-    assert _ids(sub, timeline) == [1, 2, 3]
+    assert _ids(sub, timeline, catch_up_after=0.0) == [1, 2, 3]
