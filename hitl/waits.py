@@ -19,9 +19,9 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
-from approvals.models import Approval, OutboxMessage, Run, utcnow
+from approvals.models import Approval, OutboxMessage, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import add_event, move_run
+from approvals.transitions import add_event, move_run, move_run_returning
 from hitl import completion, lookback, outbox
 from hitl.ids import new_id
 from hitl.jsonsafe import check_size
@@ -66,9 +66,9 @@ def store_waits(s: Session, run_id: str, task_id: str, subject: Any, header: dic
         taken = _take_ahead(s, run_id, task_id, subject, specs[0], continuation)
         if taken is not None:
             return taken
-    if not move_run(s, run_id, RunStatus.WAITING):
+    moved, requester = move_run_returning(s, run_id, RunStatus.WAITING, "requester")
+    if not moved:
         return []  # the run was cancelled or has ended meanwhile: nothing to wait for
-    requester = s.scalar(select(Run.requester).where(Run.id == run_id))
     join_id = new_id() if join is not None else None
     now = utcnow()
     for index, spec in enumerate(specs):
