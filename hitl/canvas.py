@@ -135,6 +135,25 @@ def compile_canvas(
     return _compile(c, _items(_sig(canvas)), tail, first_of_run=base is None)
 
 
+def describe(canvas: Signature | Sig) -> str:
+    """A one-line picture of a workflow canvas, in run order, as ``hitl workflows`` shows it: tasks by name,
+    ``wait(key)``, ``parallel(wait(a), wait(b))``, ``group(a, b)``, linked by ``→``.
+
+    Raises:
+        WorkflowError: a shape hitl cannot run (as :func:`compile_canvas` refuses it).
+    """
+
+    def one(item: Signature | _Wait) -> str:
+        if isinstance(item, _Wait):
+            waits = [f"wait({w.get('kwargs', {}).get('key', '?')})" for w in item.sigs]
+            return f"parallel({', '.join(waits)})" if item.parallel else waits[0]
+        if isinstance(item, group):
+            return f"group({', '.join(' → '.join(one(i) for i in _items(_sig(t))) for t in item.tasks)})"
+        return str(item.get("task"))
+
+    return " → ".join(one(item) for item in _items(_sig(canvas)))
+
+
 def _sig(value: Any) -> Signature:
     """``value`` as a Signature, without the deep copy ``celery.signature`` makes of one (compiling only reads it)."""
     return maybe_signature(value, app=app)

@@ -123,7 +123,8 @@ def start(workflow: str, payload: str, idempotency_key: str | None, requester: s
 @cli.command()
 @json_option
 def workflows(as_json: bool) -> None:
-    """List the registered workflows and their input schemas."""
+    """List the registered workflows: name, description and shape (its canvas in run order, built from a
+    sample payload; --json adds each input schema)."""
     from hitl.registry import all_workflows
     from hitl.render import print_json
 
@@ -136,6 +137,7 @@ def workflows(as_json: bool) -> None:
                         "name": w.name,
                         "description": w.description,
                         "input_schema": w.input_model.model_json_schema() if w.input_model else None,
+                        "shape": w.shape,
                     }
                     for w in found
                 ]
@@ -144,6 +146,7 @@ def workflows(as_json: bool) -> None:
         return
     for w in found:
         click.echo(f"{w.name:20} {w.description}")
+        click.echo(f"{'':20} {w.shape or '(built from each payload)'}")
 
 
 # ---------------------------------------------------------------- approvals

@@ -377,14 +377,14 @@ def broken_unknown_task(payload: dict[str, Any]) -> Any:
 
 @hitl.workflow("broken-args")
 def broken_args(payload: dict[str, Any]) -> Any:
-    """A task called with arguments it cannot take (refused by hitl start)."""
-    return plain_draft.s(payload) | plain_part.s(1, 2, 3)
+    """A task called with arguments it cannot take (refused by hitl start: built only from a real payload)."""
+    return plain_draft.s(payload["topic"]) | plain_part.s(1, 2, 3)
 
 
 @hitl.workflow("broken-shape")
 def broken_shape(payload: dict[str, Any]) -> Any:
-    """A wait inside a group of other tasks (refused by hitl start)."""
-    return plain_draft.s(payload) | group(_review(), plain_part.s(1))
+    """A wait inside a group of other tasks (refused by hitl start: built only from a real payload)."""
+    return plain_draft.s(payload["topic"]) | group(_review(), plain_part.s(1))
 
 
 @hitl.workflow("plain-fails")

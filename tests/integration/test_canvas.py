@@ -157,7 +157,7 @@ def test_a_chain_that_cannot_bind_its_arguments_is_refused_and_leaves_no_run(sta
     with session_scope() as s:
         before = s.scalar(select(func.count()).select_from(Run))
     for workflow, words in (("broken-args", "cannot be called"), ("broken-shape", "cannot stand inside a group")):
-        res = stack.cli("start", workflow, "--payload", "{}")
+        res = stack.cli("start", workflow, "--payload", '{"topic": "b"}')
         assert res.code == 2, res.err
         assert words in res.err and "Traceback" not in res.err
     with session_scope() as s:

@@ -168,3 +168,36 @@ def test_a_first_message_that_cannot_be_built_leaves_no_run(engine_env: Any, mon
     monkeypatch.undo()
     run_id = hitl.start("plain-nowait", {"topic": "x"})  # the same workflow starts once Celery takes it
     assert hitl.get_run(run_id).status is hitl.RunStatus.PENDING
+
+
+def test_a_shape_hitl_cannot_run_is_refused_when_the_workflow_is_registered() -> None:
+    from hitl.registry import _workflows
+
+    with pytest.raises(hitl.WorkflowError, match="'bad-shape' cannot be registered: a wait cannot stand inside"):
+
+        @hitl.workflow("bad-shape")
+        def bad_shape(payload: Any) -> Any:
+            return flows.plain_draft.s(payload) | group(hitl.wait_for_approval.s(key="k"), flows.plain_part.s(1))
+
+    assert "bad-shape" not in _workflows
+
+
+def test_a_registered_workflow_shows_its_shape_in_run_order() -> None:
+    from hitl.registry import get_workflow
+
+    @hitl.workflow("shape-shown")
+    def shape_shown(payload: Any) -> Any:
+        return (
+            group(flows.plain_part_first.s(1), flows.plain_part_first.s(2))
+            | hitl.parallel(hitl.wait_for_approval.s(key="legal"), hitl.wait_for_approval.s(key="finance"))
+            | flows.plain_draft.s()
+        )
+
+    @hitl.workflow("needs-a-payload")
+    def needs_a_payload(payload: Any) -> Any:
+        return flows.plain_draft.s(payload["topic"])  # {} has no topic: built per payload, shape unknown
+
+    assert get_workflow("shape-shown").shape == (
+        "group(tests.plain.part0, tests.plain.part0) → parallel(wait(legal), wait(finance)) → tests.plain.draft"
+    )
+    assert get_workflow("needs-a-payload").shape is None
