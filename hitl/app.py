@@ -6,11 +6,16 @@ embedded Redis server if it is not running yet (see :mod:`hitl.broker`).
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
+from approvals.errors import DatabaseUnavailable, HitlError
 from hitl.broker import ensure_broker
+
+log = logging.getLogger(__name__)
 
 app = Celery("hitl")
 app.config_from_object("celeryconfig")
@@ -18,8 +23,22 @@ app.config_from_object("celeryconfig")
 
 @signals.worker_init.connect
 @signals.beat_init.connect
-def _start_embedded_broker(**_: Any) -> None:
-    ensure_broker()
+def _preflight(**_: Any) -> None:
+    # The embedded broker is started if needed; the schema is upgraded (HITL_AUTO_MIGRATE) or checked once.
+    # A process with a schema it cannot use exits at once with one line: a worker that went on would fail
+    # each step it takes. A database that is down is only logged: workers ride out an outage (steps requeue).
+    try:
+        ensure_broker()
+        from hitl.db import get_engine
+
+        get_engine()
+    except DatabaseUnavailable as exc:
+        log.warning("%s; starting anyway, steps wait for the database", exc.message)
+    except HitlError as exc:
+        err = sys.__stderr__ or sys.stderr  # beat's sys.stderr is Celery's logging proxy by now
+        err.write(f"error: {exc.message}\n")
+        err.flush()
+        raise SystemExit(1) from None
 
 
 @signals.worker_ready.connect
