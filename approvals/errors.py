@@ -128,5 +128,13 @@ class BrokerUnavailable(InfrastructureError):
     """The broker could not be reached."""
 
 
+class DatabaseUnavailable(InfrastructureError):
+    """The database could not be reached."""
+
+
+class SchemaOutdated(InfrastructureError):
+    """The database's schema is not the one this hitl needs: run `hitl db upgrade`."""
+
+
 class NotifierFailed(InfrastructureError):
     """A notifier could not deliver a notice; it is retried later."""

@@ -6,20 +6,39 @@ embedded Redis server if it is not running yet (see :mod:`hitl.broker`).
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
+from approvals.errors import HitlError
 from hitl.broker import ensure_broker
 
 app = Celery("hitl")
 app.config_from_object("celeryconfig")
 
 
-@signals.worker_init.connect
-@signals.beat_init.connect
-def _start_embedded_broker(**_: Any) -> None:
-    ensure_broker()
+@signals.import_modules.connect
+def _preflight(**_: Any) -> None:
+    # Sent by Celery's loader.init_worker(), which the worker, beat (before its scheduler builds the result
+    # backend) and each prefork child (whose parent readied the schema already) call before anything else.
+    # The embedded broker is started if needed; the schema is upgraded (HITL_AUTO_MIGRATE) or checked once.
+    # A process whose database is unreachable or whose schema it cannot use exits at once with one line (a
+    # supervisor's restart policy tries again): a worker that went on would fail each step it takes, and
+    # Celery's database result backend stops it with a traceback anyway. Once started, a worker rides out a
+    # database outage (its steps are requeued).
+    try:
+        ensure_broker()
+        from hitl.db import get_engine
+
+        get_engine()
+    except HitlError as exc:
+        err = sys.__stderr__ or sys.stderr  # beat's sys.stderr is Celery's logging proxy by now
+        err.write(f"error: {exc.message}\n")
+        err.flush()
+        # At once: nothing has started yet, and beat's schedule file fails to pickle during a normal exit.
+        os._exit(1)
 
 
 @signals.worker_ready.connect

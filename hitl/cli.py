@@ -27,15 +27,21 @@ class HitlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HitlError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            from hitl.redact import scrub
+
+            click.echo(f"error: {scrub(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
             if os.environ.get("HITL_DEBUG"):
                 raise
+            from hitl.redact import one_line, scrub
+
             click.echo(
-                f"error: internal error: {type(exc).__name__}: {exc} (HITL_DEBUG=1 shows the traceback)", err=True
+                f"error: internal error: {type(exc).__name__}: {scrub(one_line(str(exc)))}"
+                " (HITL_DEBUG=1 shows the traceback)",
+                err=True,
             )
             ctx.exit(1)
 
@@ -415,7 +421,7 @@ def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> N
 
 def main() -> None:
     """Console-script entry point."""
-    from hitl import audit_cli, services  # noqa: F401 - registers worker, beat, dev, demo, broker, db; audit
+    from hitl import audit_cli, health_cli, services  # noqa: F401 - registers worker, beat, dev, demo, broker, db; audit; health
 
     cli(prog_name="hitl")
 

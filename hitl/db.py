@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from approvals.errors import InfrastructureError
+from approvals.errors import DatabaseUnavailable, InfrastructureError
 from hitl import events
 from hitl.settings import get_settings
 
@@ -33,6 +33,7 @@ _factory: sessionmaker[Session] | None = None
 _read_engine: Engine | None = None  # the same engine and pool, with READ_ONLY set on its connections
 _read_factory: sessionmaker[Session] | None = None
 _pid = 0
+_prepared = False  # the schema was upgraded or checked by this process (or the parent it forked from)
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -86,32 +87,52 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def get_engine() -> Engine:
-    """Return this process's engine, creating it (again, after a fork) when needed."""
-    global _engine, _factory, _read_engine, _read_factory, _pid
+def get_engine(*, prepare: bool = True) -> Engine:
+    """Return this process's engine, creating it (again, after a fork) when needed.
+
+    The first use in a process also readies the schema (unless ``prepare`` is false, for the health check
+    that reports it): with ``HITL_AUTO_MIGRATE`` (the default) it upgrades it to the latest migration;
+    without, it checks that the database is at it. Until that succeeds, each use tries again.
+
+    Raises:
+        DatabaseUnavailable: the database could not be reached (the message has its masked URL and the cause).
+        SchemaOutdated: ``HITL_AUTO_MIGRATE`` is false and the schema is not at the latest migration.
+        InfrastructureError: the migration failed.
+    """
+    global _engine, _factory, _read_engine, _read_factory, _pid, _prepared
     if _engine is None or _pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
-        fresh = _engine is None
         _engine = make_engine(get_settings().resolved_database_url)
         _factory = sessionmaker(_engine, expire_on_commit=False)
         _read_engine = _engine.execution_options(**{READ_ONLY: True})
         _read_factory = sessionmaker(_read_engine, expire_on_commit=False)
         events.install(_factory)
         _pid = os.getpid()
-        if fresh and get_settings().auto_migrate:
-            from hitl.migrate import upgrade
-
-            upgrade(_engine)
+    if prepare and not _prepared:
+        _prepare(_engine)
+        _prepared = True  # a forked child inherits it: its parent readied the same database
     return _engine
+
+
+def _prepare(engine: Engine) -> None:
+    from hitl.migrate import check_schema, upgrade
+
+    try:
+        if get_settings().auto_migrate:
+            upgrade(engine)
+        else:
+            check_schema(engine)
+    except SQLAlchemyError as exc:
+        raise db_error(exc) from exc
 
 
 def reset_engine() -> None:
     """Forget this process's engine (the next use creates one from the current settings)."""
-    global _engine, _factory, _read_engine, _read_factory
+    global _engine, _factory, _read_engine, _read_factory, _prepared
     if _engine is not None:
         _engine.dispose()
-    _engine, _factory, _read_engine, _read_factory = None, None, None, None
+    _engine, _factory, _read_engine, _read_factory, _prepared = None, None, None, None, False
 
 
 #: SQLite result codes (low byte of ``sqlite_errorcode``) of failures that go away by themselves: busy,
@@ -143,8 +164,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _db_error(exc: SQLAlchemyError) -> InfrastructureError:
-    return InfrastructureError(f"database error: {exc.__class__.__name__}: {exc}")
+def db_error(exc: SQLAlchemyError) -> InfrastructureError:
+    """Return ``exc`` as hitl's error, on one line, with no password in it: :class:`DatabaseUnavailable`
+    (the masked URL and the driver's reason) when connecting failed, else ``InfrastructureError`` with the
+    driver's first line (never the statement or its parameters, which SQLAlchemy appends)."""
+    from hitl.redact import mask_url, one_line, scrub
+
+    orig = getattr(exc, "orig", None)
+    if (isinstance(exc, OperationalError | InterfaceError) and exc.statement is None) or isinstance(exc, PoolTimeout):
+        url = mask_url(get_settings().resolved_database_url)
+        cause = scrub(one_line(str(orig if orig is not None else exc))) or type(exc).__name__
+        return DatabaseUnavailable(f"database unreachable at {url}: {cause}")
+    text = str(orig) if orig is not None else str(exc).split("\n", 1)[0]
+    return InfrastructureError(f"database error: {type(orig or exc).__name__}: {scrub(one_line(text))}")
 
 
 @contextmanager
@@ -162,7 +194,7 @@ def read_scope() -> Iterator[Connection]:
         with _read_engine.connect() as conn:
             yield conn
     except SQLAlchemyError as exc:
-        raise _db_error(exc) from exc
+        raise db_error(exc) from exc
 
 
 @contextmanager
@@ -202,7 +234,7 @@ def _scope(*, read_only: bool) -> Iterator[Session]:
             session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        raise _db_error(exc) from exc
+        raise db_error(exc) from exc
     except BaseException:
         session.rollback()
         raise

@@ -126,7 +126,10 @@ def run_demo(examples: str, timeout: float) -> int:
     plan = load_plan(Path(examples))
     _isolate(home)
     console.rule("hitl demo")
-    console.print(f"embedded broker {broker.ensure_broker()}\ndatabase {get_settings().resolved_database_url}")
+    from hitl.redact import mask_url
+
+    url = mask_url(get_settings().resolved_database_url)
+    console.print(f"embedded broker {mask_url(broker.ensure_broker())}\ndatabase {url}")
     db.get_engine()
     for group, members in load_groups(Path(examples)).items():
         for member in members:

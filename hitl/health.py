@@ -1,10 +1,10 @@
-"""Readiness checks of the database and the broker (``GET /api/v1/health``, ``hitl broker status``)."""
+"""Readiness checks of the database, its schema and the broker (``GET /api/v1/health``, ``hitl health``)."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
-from approvals.errors import HitlError
+from approvals.errors import HitlError, SchemaOutdated
 
 #: Seconds a broker may take to accept a connection before it counts as unreachable.
 BROKER_TIMEOUT_SECONDS = 1.0
@@ -39,6 +39,24 @@ def check() -> tuple[bool, bool]:
         with session_scope() as s:
             s.execute(text("SELECT 1"))
         db_ok = True
+    except SchemaOutdated:
+        db_ok = True  # it answered, with a revision: schema_status() reports that
     except HitlError:
         db_ok = False
     return db_ok, broker_problem() is None
+
+
+def schema_status() -> tuple[str | None, str | None]:
+    """Return the database's migration revision and what is wrong with it for this hitl (one line saying what
+    to run, see :func:`hitl.migrate.schema_problem`); the problem is None when the schema is the latest, and
+    both are None when the database does not answer (:func:`check` reports that)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hitl.db import get_engine
+    from hitl.migrate import current_revision, schema_problem
+
+    try:
+        current = current_revision(get_engine(prepare=False))
+    except SQLAlchemyError:
+        return None, None
+    return current, schema_problem(current)

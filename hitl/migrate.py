@@ -8,6 +8,7 @@ PostgreSQL advisory lock; SQLite's ``BEGIN IMMEDIATE``). Production deployments 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from alembic import command
@@ -17,6 +18,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
+from approvals.errors import SchemaOutdated
 from approvals.models import Base
 
 #: Key of the PostgreSQL advisory lock held while migrating.
@@ -31,11 +33,46 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+@lru_cache(maxsize=1)
 def head_revision() -> str:
-    """Return the id of the latest migration."""
+    """Return the id of the latest migration (read once per process: the scripts ship with the code)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> frozenset[str]:
+    """Return the ids of every migration this hitl ships."""
+    return frozenset(s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+
+
+def schema_problem(current: str | None) -> str | None:
+    """Return what is wrong with a database at revision ``current`` for this hitl, as one line that says what
+    to do, or None when it is at the latest migration.
+
+    The revision comes from Alembic's ``alembic_version`` table (:func:`current_revision`); the latest from
+    the migration scripts (:func:`head_revision`).
+    """
+    head = head_revision()
+    if current == head:
+        return None
+    if current is None:
+        return f"database has no hitl tables, this hitl needs revision {head}: run `hitl db upgrade`"
+    if current not in known_revisions():
+        return f"database at revision {current}, newer than this hitl knows (latest {head}): upgrade hitl"
+    return f"database at revision {current}, this hitl needs {head}: run `hitl db upgrade`"
+
+
+def check_schema(engine: Engine) -> None:
+    """Check that the database behind ``engine`` is at the latest migration.
+
+    Raises:
+        SchemaOutdated: it is behind (or ahead of) this hitl; the message says which revisions and what to run.
+        sqlalchemy.exc.SQLAlchemyError: the database failed (the caller maps it).
+    """
+    problem = schema_problem(current_revision(engine))
+    if problem is not None:
+        raise SchemaOutdated(problem)
 
 
 def current_revision(engine: Engine) -> str | None:

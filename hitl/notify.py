@@ -76,12 +76,14 @@ class WebhookNotifier:
         Raises:
             NotifierFailed: the request failed, timed out, or the answer was not 2xx.
         """
+        from hitl.redact import mask_url, scrub
+
         try:
             res = httpx.post(self.url, json=notice.model_dump(mode="json"), timeout=self.timeout)
         except httpx.HTTPError as exc:
-            raise NotifierFailed(f"webhook: {type(exc).__name__}: {exc}") from exc
+            raise NotifierFailed(f"webhook: {type(exc).__name__}: {scrub(str(exc))}") from exc
         if not res.is_success:
-            raise NotifierFailed(f"webhook: HTTP {res.status_code} from {self.url}")
+            raise NotifierFailed(f"webhook: HTTP {res.status_code} from {mask_url(self.url)}")
 
 
 def email_address(user: str, domain: str | None) -> str | None:

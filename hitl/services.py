@@ -6,11 +6,15 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from approvals.status import Scope
 from hitl.cli import CONTEXT, HitlGroup, cli, json_option
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _exec_celery(*args: str) -> None:
@@ -63,12 +67,13 @@ def dev(concurrency: int) -> None:
     from hitl.broker import broker_url, ensure_broker
     from hitl.db import get_engine
     from hitl.procs import Service, start_beat, start_notifier, start_worker
+    from hitl.redact import mask_url
     from hitl.settings import get_settings
 
     settings = get_settings()
     ensure_broker()
     get_engine()
-    click.echo(f"hitl dev: broker {broker_url()}, database {settings.resolved_database_url}")
+    click.echo(f"hitl dev: broker {mask_url(broker_url())}, database {mask_url(settings.resolved_database_url)}")
     starters: list[Callable[[], Service]] = [
         lambda: start_worker(None, concurrency=concurrency, queues="celery"),
         lambda: start_notifier(None),
@@ -131,8 +136,9 @@ def broker() -> None:
 def broker_start() -> None:
     """Start the embedded broker if it is not running."""
     from hitl.broker import ensure_broker
+    from hitl.redact import mask_url
 
-    click.echo(ensure_broker())
+    click.echo(mask_url(ensure_broker()))
 
 
 @broker.command("stop")
@@ -149,18 +155,18 @@ def broker_status(as_json: bool) -> None:
     """Say whether the broker in force (embedded, or HITL_BROKER_URL of any Celery transport) is embedded
     and running, whether it accepts a connection (checked through kombu), and its URL. Exit 1 when it
     does not answer."""
-    from kombu.utils.url import maybe_sanitize_url
 
     from hitl.broker import broker_url, is_running
     from hitl.events import mode
     from hitl.health import broker_problem
+    from hitl.redact import mask_url
     from hitl.render import print_json
     from hitl.settings import get_settings
 
     embedded = get_settings().embedded_broker
     running = is_running() if embedded else None
     problem = broker_problem() if running is not False else "not running"
-    url = maybe_sanitize_url(broker_url())
+    url = mask_url(broker_url())
     if as_json:
         print_json(
             {
@@ -188,29 +194,53 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", help="Target revision.")
 def db_upgrade(revision: str) -> None:
-    """Upgrade hitl's tables to the latest migration (Alembic). Safe to run again and concurrently."""
-    from hitl.db import get_engine
+    """Upgrade hitl's tables to the latest migration (Alembic). Safe to run again and concurrently.
+
+    Prints the database's URL (password masked) and the revision it is at.
+    """
     from hitl.migrate import current_revision, upgrade
+    from hitl.redact import mask_url
     from hitl.settings import get_settings
 
-    engine = get_engine()
-    upgrade(engine, revision)
-    click.echo(f"{get_settings().resolved_database_url}: at revision {current_revision(engine)}")
+    def to_revision(engine: Engine) -> str | None:
+        upgrade(engine, revision)
+        return current_revision(engine)
+
+    at = _on_database(to_revision)
+    click.echo(f"{mask_url(get_settings().resolved_database_url)}: at revision {at}")
 
 
 @db.command("current")
 @json_option
 def db_current(as_json: bool) -> None:
-    """Print the database's migration revision and the latest one."""
-    from hitl.db import get_engine
-    from hitl.migrate import current_revision, head_revision
+    """Print the database's migration revision and the latest one (exit 0 either way)."""
+    from hitl.migrate import current_revision, head_revision, schema_problem
     from hitl.render import print_json
 
-    current, head = current_revision(get_engine()), head_revision()
+    current, head = _on_database(current_revision), head_revision()
     if as_json:
-        print_json({"current": current, "head": head})
+        print_json({"current": current, "head": head, "problem": schema_problem(current)})
     else:
         click.echo(f"current {current or '-'}, head {head}" + ("" if current == head else " (run `hitl db upgrade`)"))
+
+
+T = TypeVar("T")
+
+
+def _on_database(use: Callable[[Engine], T]) -> T:
+    # An engine of its own: the migration commands must work on a schema that get_engine() refuses.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hitl.db import db_error, make_engine
+    from hitl.settings import get_settings
+
+    engine = make_engine(get_settings().resolved_database_url)
+    try:
+        return use(engine)
+    except SQLAlchemyError as exc:
+        raise db_error(exc) from exc
+    finally:
+        engine.dispose()
 
 
 @cli.command()

@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import secrets
+import sys
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +25,15 @@ from approvals.errors import InvalidSettings
 DEFAULT_WAIT_TIMEOUT_SECONDS = 24 * 3600
 #: URL schemes of a Redis server (kombu's and redis-py's spellings).
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+#: ``HITL_*`` variables that are not settings but are read elsewhere: by CLI options (``HITL_ACTOR``,
+#: ``HITL_API_HOST``, ``HITL_API_PORT``, ``HITL_API_WORKERS``), for tracebacks (``HITL_DEBUG``), and by the tests and benchmarks.
+OTHER_VARIABLES = frozenset(
+    {"HITL_ACTOR", "HITL_API_HOST", "HITL_API_PORT", "HITL_API_WORKERS", "HITL_DEBUG"}
+    | {"HITL_TEST_CHROMIUM", "HITL_TEST_WORKERS"}
+    | {"HITL_BENCH_DBOS_PYTHON"}
+)
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 class Settings(BaseSettings):
@@ -201,6 +214,7 @@ def get_settings() -> Settings:
     Raises:
         InvalidSettings: a ``HITL_*`` variable has a value that is not allowed (the message names it).
     """
+    warn_unknown_variables(os.environ)
     try:
         return Settings()
     except ValidationError as exc:
@@ -208,3 +222,34 @@ def get_settings() -> Settings:
             f"HITL_{'_'.join(str(p) for p in e['loc']).upper() or '*'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidSettings(f"invalid settings: {problems}") from exc
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``HITL_*`` variable hitl reads: one per setting, and :data:`OTHER_VARIABLES`."""
+    return frozenset(f"HITL_{name.upper()}" for name in Settings.model_fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Return the ``HITL_*`` names in ``environ`` that hitl does not read, each with the closest real name
+    (``difflib.get_close_matches`` with a cutoff of 0.8: a typo, not any other name) or None, sorted by name."""
+    known = known_variables()
+    return [
+        (name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None))
+        for name in sorted(environ)
+        if name.upper().startswith("HITL_") and name.upper() not in known
+    ]
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Warn once per process about each ``HITL_*`` variable in ``environ`` that hitl does not read (a misspelt
+    setting is otherwise silently ignored): through logging once it is configured (a worker's log), else on
+    stderr as ``warning: ...``."""
+    for name, match in unknown_variables(environ):
+        if name in _warned:
+            continue
+        _warned.add(name)
+        message = f"{name} is not a hitl setting and is ignored" + (f" (did you mean {match}?)" if match else "")
+        if logging.getLogger().handlers:
+            log.warning(message)
+        else:
+            sys.stderr.write(f"warning: {message}\n")

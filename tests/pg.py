@@ -55,6 +55,21 @@ class PgServer:
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "hitl", name)
         return f"postgresql+psycopg://hitl@127.0.0.1:{self.port}/{name}"
 
+    def create_password_user(self, user: str, password: str) -> str:
+        """Create a login role that must give ``password`` (SCRAM over TCP; other roles stay trusted) and a
+        database it owns; return the database's SQLAlchemy URL with the password in it."""
+        import psycopg
+
+        admin = f"host=127.0.0.1 port={self.port} user=hitl dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+            conn.execute(f"CREATE DATABASE {user} OWNER {user}")
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {user} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(rule + hba.read_text())  # the first matching line wins
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "reload")
+        return f"postgresql+psycopg://{user}:{password}@127.0.0.1:{self.port}/{user}"
+
     def kill(self) -> None:
         """Stop the server at once, as a crash would (``pg_ctl -m immediate``: no shutdown checkpoint,
         connections cut); its data stays for :meth:`start`."""

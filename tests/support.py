@@ -136,6 +136,24 @@ class RedisServer:
             self.socket.unlink(missing_ok=True)
 
 
+@contextmanager
+def redis_with_password(home: Path, password: str, *args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Run a Redis server on a free loopback port that requires ``password`` (``requirepass``); yield its port
+    and process. ``args`` replace the default command line (``redis-server --requirepass PASSWORD``)."""
+    from hitl.broker import server_binary
+
+    port = free_port()
+    argv = [*(args or (server_binary(), "--requirepass", password)), "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(home), "--save", ""]
+    with open(home / "redis-pw.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @dataclass
 class Stack:
     """A running broker, worker and beat sharing one HITL_HOME."""

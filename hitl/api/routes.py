@@ -164,11 +164,15 @@ class ApprovalPage(BaseModel):
 
 
 class Health(BaseModel):
-    """Whether the database and the broker answer."""
+    """Whether the database and the broker answer, and whether the schema is the one this hitl needs."""
 
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unreachable"]
     broker: Literal["ok", "unreachable"]
+    schema_: Literal["ok", "outdated", "unknown"] = Field(
+        "unknown", alias="schema", description="unknown: the database did not answer."
+    )
+    problem: str | None = Field(None, description="What is wrong with the schema and what to run, on one line.")
     time: datetime
 
 
@@ -375,15 +379,19 @@ def make_link(approval_id: str, body: LinkRequest, caller: Caller) -> LinkRespon
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
 def health(request: Request) -> Any:
-    """Liveness and readiness: 200 when the database answers (the broker may be down: decisions still
-    land and the outbox sends them later), 503 when it does not. No authentication."""
-    from hitl.health import check
+    """Liveness and readiness: 200 when the database answers with the schema this hitl needs (the broker may
+    be down: decisions still land and the outbox sends them later), 503 when it does not answer or its schema
+    is behind (``problem`` says to run `hitl db upgrade`). No authentication."""
+    from hitl.health import check, schema_status
 
     db_ok, broker_ok = check()
+    problem = schema_status()[1] if db_ok else None
     body = Health(
-        status="ok" if db_ok and broker_ok else "degraded",
+        status="ok" if db_ok and broker_ok and not problem else "degraded",
         database="ok" if db_ok else "unreachable",
         broker="ok" if broker_ok else "unreachable",
+        schema=("outdated" if problem else "ok") if db_ok else "unknown",
+        problem=problem,
         time=datetime.now().astimezone(),
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if db_ok else 503)
+    return JSONResponse(body.model_dump(mode="json", by_alias=True), status_code=200 if db_ok and not problem else 503)

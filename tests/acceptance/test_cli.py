@@ -42,6 +42,7 @@ COMMANDS = [
     ["db"],
     ["db", "upgrade"],
     ["db", "current"],
+    ["health"],
     ["sweep"],
     ["relay"],
     ["serve"],
