@@ -115,7 +115,9 @@ def test_no_password_in_any_output(home: Path, secret_db: str, secret_broker: in
     res = out.cli("db", "upgrade", env=env)
     assert res.code == 0 and res.out.strip() == f"{masked_db}: at revision {HEAD}", res.out + res.err
     assert out.cli("db", "current", "--json", env=env).json()["current"] == HEAD
-    assert out.cli("broker", "status", env=env).out.strip() == f"redis://:***@127.0.0.1:{secret_broker}/0 (external)"
+    assert out.cli("broker", "status", env=env).out.strip() == (
+        f"redis://:***@127.0.0.1:{secret_broker}/0 (external, reachable); live events through redis"
+    )
     assert out.cli("broker", "status", "--json", env=env).json()["url"] == f"redis://:***@127.0.0.1:{secret_broker}/0"
     status = out.cli("health", "--json", env=env).json()
     assert status["status"] == "ok" and status["database"]["url"] == masked_db
@@ -172,7 +174,8 @@ def test_no_password_in_any_output(home: Path, secret_db: str, secret_broker: in
         assert "Traceback" not in log.read_text()
 
     bad_broker = {**env, "HITL_BROKER_URL": broker.replace(BROKER_PASSWORD, WRONG_PASSWORD)}
-    assert out.cli("broker", "status", "--json", env=bad_broker).json()["url"].startswith("redis://:***@")
+    res = out.cli("broker", "status", "--json", env=bad_broker)
+    assert res.code == 1 and res.json()["url"].startswith("redis://:***@") and res.json()["reachable"] is False
     res = out.cli("health", "--json", env=bad_broker)
     assert res.code == 1 and res.json()["broker"]["status"] == "unreachable"
     res = out.cli("start", "gate", "--payload", '{"n": 2}', env=bad_broker)
