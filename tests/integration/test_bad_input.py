@@ -42,6 +42,15 @@ def the_error(res: httpx.Response) -> dict[str, Any]:
     return dict(body["error"])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _closed_connections() -> Iterator[None]:
+    """Close this process's pooled connections after the module (row_counts opens them)."""
+    yield
+    from hitl import db
+
+    db.reset_engine()
+
+
 @pytest.fixture(scope="module")
 def client(api: ApiServer) -> httpx.Client:
     return api.client(api.key("door", *ALL))
@@ -234,3 +243,15 @@ def test_http_start_refuses_bad_wait_durations(client: httpx.Client, timeout: An
 def test_http_returns_non_ascii_text_as_it_is(client: httpx.Client, pending: dict[str, Any]) -> None:
     res = client.get(f"/api/v1/approvals/{pending['id']}")
     assert res.json()["subject"]["prepared"] == {"title": "潮の満ち引き", "who": "Zoë"}
+
+
+def test_python_api_refuses_non_finite_numbers_before_anything_is_stored(stack: Stack, pending: dict[str, Any]) -> None:
+    import hitl
+
+    before = row_counts()
+    with pytest.raises(hitl.InvalidPayload, match=r"^payload holds NaN or Infinity; JSON numbers must be finite$"):
+        hitl.start("gate", {"n": float("inf")})
+    assert row_counts() == before
+    with pytest.raises(hitl.InvalidPayload, match=r"^decision data holds NaN or Infinity; JSON numbers must be finite"):
+        hitl.approve(pending["id"], actor="alice", data={"score": float("nan")})
+    assert hitl.get_approval(pending["id"]).status == "pending"
