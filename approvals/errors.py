@@ -103,6 +103,10 @@ class InvalidPayload(UsageError):
     """The payload is not valid."""
 
 
+class InvalidRequest(UsageError):
+    """The request is not valid (an HTTP body that is not strict JSON, a parameter out of range)."""
+
+
 class WorkflowError(InvalidPayload):
     """The workflow's canvas has a shape hitl cannot run (a wait inside a group of other tasks, say), or a task
     in it cannot take the arguments it would get."""

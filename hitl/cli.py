@@ -7,6 +7,7 @@ payload that fails its schema).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -44,6 +45,18 @@ class HitlGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds within bounds (click's ``FloatRange`` lets ``nan`` through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
 
 
 def json_option(fn: F) -> F:
@@ -171,7 +184,7 @@ def approvals() -> None:
 @click.option("--run", "run_id", metavar="RUN", help="Only approvals of this run.")
 @click.option(
     "--older-than",
-    type=click.FloatRange(0, 100 * 365 * 86400),
+    type=Seconds(0, 100 * 365 * 86400),
     metavar="SECONDS",
     help="Only approvals at least this old.",
 )
@@ -247,7 +260,7 @@ def approvals_create(
 
 TTL = click.option(
     "--ttl",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1, max=90 * 86400),
     metavar="SECONDS",
     help="How long it stays valid. [default: HITL_LINK_TTL / HITL_TOKEN_TTL]",
 )

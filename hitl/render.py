@@ -24,14 +24,14 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
-    """Print ``value`` as indented JSON on stdout."""
+    """Print ``value`` as indented JSON on stdout, non-ASCII text as it is (UTF-8, not ``\\uXXXX`` escapes)."""
     if isinstance(value, BaseModel):
         data: Any = value.model_dump(mode="json")
     elif isinstance(value, dict):
         data = value
     else:
         data = [v.model_dump(mode="json") for v in value]
-    print(json.dumps(data, indent=2, sort_keys=False))
+    print(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False))
 
 
 def ago(t: datetime | None) -> str:
@@ -53,8 +53,10 @@ def ago(t: datetime | None) -> str:
 
 
 def short(value: Any, width: int = 60) -> str:
-    """Return ``value`` as compact JSON (strings as is), cut to ``width`` characters."""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    """Return ``value`` as compact JSON (strings and non-ASCII text as they are), cut to ``width`` characters."""
+    text = (
+        value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    )
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -142,14 +144,14 @@ def timeline_table(run: RunView) -> Table:
 def show_approval(a: ApprovalView) -> None:
     """Print one approval: what is asked, to whom, by when, and the decision if any."""
     console.print(f"[bold]Approval {a.id}[/]  {a.status.value}")
-    console.print(f"run {a.run_id} ({a.workflow}), waitpoint {a.key!r}")
-    console.print(f"assignees: {', '.join(a.assignees) or 'anyone'}")
+    console.print(f"run {a.run_id} ({a.workflow}), waitpoint {a.key!r}", markup=False)
+    console.print(f"assignees: {', '.join(a.assignees) or 'anyone'}", markup=False)
     console.print(
         f"created {a.created_at.isoformat()} ({ago(a.created_at)}), "
         f"deadline {a.deadline.isoformat()} ({ago(a.deadline)})"
     )
     console.print("subject:")
-    console.print(json.dumps(a.subject, indent=2, default=str), markup=False)
+    console.print(json.dumps(a.subject, indent=2, default=str, ensure_ascii=False), markup=False)
     if a.decision:
         d = a.decision
         console.print(
@@ -158,7 +160,7 @@ def show_approval(a: ApprovalView) -> None:
             markup=False,
         )
         if d.data:
-            console.print(f"data: {json.dumps(d.data)}", markup=False)
+            console.print(f"data: {json.dumps(d.data, ensure_ascii=False)}", markup=False)
 
 
 def show_run(run: RunView) -> None:

@@ -1,9 +1,14 @@
-"""The FastAPI application: error mapping, the request size limit, authentication and the routers."""
+"""The FastAPI application: error mapping, the request size limit, authentication and the routers.
+
+Every error answers in one shape, ``{"error": {"code", "message", "status", "details"}}`` (:func:`error_body`):
+hitl's own errors, request validation, bodies that are not strict JSON (:class:`StrictJsonRoute`), bodies over
+``HITL_MAX_BODY_BYTES`` (:class:`BodyLimit`), Starlette's 404 and 405, and unexpected failures (500, no detail).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -11,10 +16,13 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from approvals.errors import HitlError, LinkInvalid, PayloadTooLarge, Unauthenticated
+from approvals.errors import HitlError, InvalidPayload, InvalidRequest, LinkInvalid, PayloadTooLarge, Unauthenticated
 from hitl.auth import Principal, authenticate, session_principal
 from hitl.settings import get_settings
 
@@ -34,6 +42,61 @@ def error_response(exc: HitlError) -> JSONResponse:
     """``exc`` as a JSON response with its HTTP status (401 adds ``WWW-Authenticate: Bearer``)."""
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
     return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
+
+
+def _shaped(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "status": status, "details": []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+#: Codes of the HTTP errors Starlette and FastAPI raise themselves (hitl's own errors carry theirs).
+HTTP_CODES = {
+    400: ("bad_request", "the request could not be read"),
+    404: ("route_not_found", "no such route; the API is under /api/v1 (see /docs)"),
+    413: ("payload_too_large", "the request body is too large"),
+}
+
+
+class Refused(HTTPException):
+    """A :class:`HitlError` raised while FastAPI reads the request body.
+
+    FastAPI turns any other exception raised there into its own 400 (``There was an error parsing the body``);
+    an ``HTTPException`` goes through, and the app's handler answers with the wrapped error.
+    """
+
+    def __init__(self, error: HitlError) -> None:
+        super().__init__(error.http_status, error.message)
+        self.error = error
+
+
+class StrictJsonRequest(Request):
+    """A request whose JSON body is parsed by :func:`hitl.jsonsafe.loads` (no NaN/Infinity, UTF-8, bounded depth).
+
+    A body that is not strict JSON is refused with :class:`InvalidRequest` (422 ``invalid_request``), the code
+    FastAPI's own validation errors get here.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            from hitl.jsonsafe import loads
+
+            try:
+                self._json = loads(await self.body(), "the request body")
+            except InvalidPayload as exc:
+                raise Refused(InvalidRequest(exc.message)) from None
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """An API route reading its body as :class:`StrictJsonRequest` (FastAPI's documented custom route class)."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Any:
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict
 
 
 def principal(
@@ -75,27 +138,33 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
             return
         seen = 0
+        started = False
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise Refused(self._error())  # the app's HTTPException handler answers 413
             return message
 
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, watched)
+        except Refused:
+            if started:
+                raise
             await self._too_large(scope, receive, send)
 
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {self.limit} bytes (HITL_MAX_BODY_BYTES)")
+
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exc = PayloadTooLarge(f"the request body is larger than {self.limit} bytes (HITL_MAX_BODY_BYTES)")
-        await error_response(exc)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        await error_response(self._error())(scope, receive, send)
 
 
 @asynccontextmanager
@@ -143,10 +212,40 @@ def create_app() -> FastAPI:
         }
         return JSONResponse(body, status_code=422)
 
+    @app.exception_handler(HTTPException)
+    def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc, Refused):
+            return error_response(exc.error)
+        if exc.status_code == 405:
+            return _not_allowed(request)
+        code, message = HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+        return _shaped(exc.status_code, code, message, exc.headers)
+
+    @app.exception_handler(Exception)
+    def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this answer; the client gets no detail of it.
+        return _shaped(500, "internal_error", "internal error; the server log has the details")
+
     app.include_router(routes.router)
     app.include_router(pages.router)
     app.add_middleware(BodyLimit, limit=get_settings().max_body_bytes)
     return app
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _not_allowed(request: Request) -> JSONResponse:
+    """405 with every method the path takes (Starlette's ``Allow`` names only the first route matching the path;
+    RFC 9110 section 15.5.6 asks for all of them)."""
+    methods = [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in request.app.router.routes)
+    ]
+    allow = ", ".join(methods)
+    message = f"{request.method} is not allowed on {request.url.path}; it takes {allow}"
+    return _shaped(405, "method_not_allowed", message, {"Allow": allow})
 
 
 def _version() -> str:

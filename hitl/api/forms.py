@@ -8,9 +8,12 @@ The data is validated against the schema by the engine afterwards, whatever the 
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from approvals.errors import InvalidPayload
+from hitl.jsonsafe import loads
 
 #: Prefix of schema fields in the posted form, so they never clash with ``comment`` or ``action``.
 PREFIX = "f."
@@ -94,7 +97,8 @@ def fields_of(schema: dict[str, Any] | None) -> list[FormField]:
 def data_from_form(schema: dict[str, Any] | None, form: dict[str, str]) -> dict[str, Any]:
     """Turn posted form values into decision data, typed by the schema (empty optional fields are left out).
 
-    Values that do not parse are passed on as text, so the schema check names the field.
+    Values that do not parse (``NaN`` and infinities included: JSON has none) are passed on as text, so the
+    schema check names the field.
     """
     data: dict[str, Any] = {}
     for f in fields_of(schema):
@@ -112,11 +116,12 @@ def _parse(f: FormField, raw: str, schema: dict[str, Any]) -> Any:
     prop = _resolve(schema.get("properties", {}).get(f.name, {}), schema)
     try:
         if f.widget == "json":
-            return json.loads(raw)
+            return loads(raw, f.name)
         if prop.get("type") == "integer" or (f.widget == "select" and all(isinstance(v, int) for v in prop["enum"])):
             return int(raw)
         if prop.get("type") == "number":
-            return float(raw)
-    except (ValueError, KeyError):
+            number = float(raw)
+            return number if math.isfinite(number) else raw
+    except (ValueError, KeyError, InvalidPayload):
         return raw
     return raw

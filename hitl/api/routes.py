@@ -20,9 +20,10 @@ from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus, Scope
 from hitl import auth, completion, lookback, runs, views
 from hitl.api import streams
-from hitl.api.app import Caller
+from hitl.api.app import Caller, StrictJsonRoute
 
-router = APIRouter(prefix="/api/v1")
+#: Bodies are strict JSON (no NaN or Infinity, UTF-8, bounded nesting): anything else is a 422 invalid_request.
+router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
 
 
 class ErrorDetail(BaseModel):
@@ -53,7 +54,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 Text = Annotated[str, Field(max_length=10_000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Ttl = Annotated[float, Field(gt=0, le=90 * 86400, description="Seconds it stays valid.")]
+Ttl = Annotated[float, Field(gt=0, le=90 * 86400, allow_inf_nan=False, description="Seconds it stays valid.")]
 
 
 class StartRequest(BaseModel):
@@ -152,7 +153,9 @@ class CreateApprovalRequest(BaseModel):
     idempotency_key: Name
     subject: Any = None
     assignees: list[Name] = Field(default_factory=list, max_length=100)
-    timeout: Annotated[float, Field(gt=0, le=365 * 86400)] | None = Field(None, description="Seconds.")
+    timeout: Annotated[float, Field(gt=0, le=365 * 86400, allow_inf_nan=False)] | None = Field(
+        None, description="Seconds."
+    )
     decision_schema: dict[str, Any] | None = Field(None, description="JSON Schema of the approval's data.")
 
 
@@ -246,7 +249,8 @@ def list_approvals(
     assignee: Annotated[str | None, Query(max_length=200)] = None,
     run_id: Annotated[str | None, Query(max_length=64)] = None,
     older_than: Annotated[
-        float | None, Query(ge=0, le=views.MAX_AGE_SECONDS, description="Seconds since creation, at least.")
+        float | None,
+        Query(ge=0, le=views.MAX_AGE_SECONDS, allow_inf_nan=False, description="Seconds since creation, at least."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
