@@ -26,7 +26,8 @@ DEFAULT_WAIT_TIMEOUT_SECONDS = 24 * 3600
 #: URL schemes of a Redis server (kombu's and redis-py's spellings).
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 #: ``HITL_*`` variables that are not settings but are read elsewhere: by CLI options (``HITL_ACTOR``,
-#: ``HITL_API_HOST``, ``HITL_API_PORT``, ``HITL_API_WORKERS``), for tracebacks (``HITL_DEBUG``), and by the tests and benchmarks.
+#: ``HITL_API_HOST``, ``HITL_API_PORT``, ``HITL_API_WORKERS``), for tracebacks (``HITL_DEBUG``), and by the
+#: tests and benchmarks.
 OTHER_VARIABLES = frozenset(
     {"HITL_ACTOR", "HITL_API_HOST", "HITL_API_PORT", "HITL_API_WORKERS", "HITL_DEBUG"}
     | {"HITL_TEST_CHROMIUM", "HITL_TEST_WORKERS"}
