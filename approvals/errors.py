@@ -1,11 +1,51 @@
-"""The one exception tree of hitl.
+"""hitl's exceptions: one tree of errors, and apart from it the control-flow signals.
 
-Each class's docstring is its default message. Domain errors (``DomainError``) are the user's to fix
-and map to CLI exit code 1 (2 for ``UsageError`` subclasses) and HTTP 404/409/403/413/422;
+Errors (``HitlError``): each class's docstring is its default message. Domain errors (``DomainError``) are the
+user's to fix and map to CLI exit code 1 (2 for ``UsageError`` subclasses) and HTTP 404/409/403/413/422;
 ``InfrastructureError`` wraps a failure of the database or broker and is raised ``from`` the original.
+Control-flow signals (``ControlFlow``) are not errors: raised on purpose and caught by hitl itself, they never
+reach a user as a failure (``except HitlError`` does not catch them).
+
+.. code-block:: text
+
+    HitlError
+    ├── DomainError
+    │   ├── NotFound
+    │   │   ├── ApprovalNotFound
+    │   │   ├── RunNotFound
+    │   │   └── UnknownWorkflow
+    │   ├── InvalidTransition
+    │   │   ├── AlreadyDecided
+    │   │   ├── ApprovalExpired
+    │   │   ├── ApprovalCancelled
+    │   │   └── LinkUsed
+    │   ├── NotAllowed
+    │   ├── Unauthenticated
+    │   ├── LinkInvalid
+    │   └── UsageError
+    │       ├── InvalidDecision
+    │       ├── InvalidPayload
+    │       │   └── WorkflowError
+    │       ├── InvalidRequest
+    │       ├── InvalidSettings
+    │       └── PayloadTooLarge
+    └── InfrastructureError
+        ├── BrokerUnavailable
+        ├── DatabaseUnavailable
+        ├── SchemaOutdated
+        └── NotifierFailed
+
+    ControlFlow
+    ├── Stop          a step ends its run now, with a terminal status (public: hitl.Stop)
+    ├── Replaced      a step is done and a canvas is sent in its place (Step.replace)
+    └── LostClaim     another delivery of the step finished first (its transaction rolls back)
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from approvals.status import RunStatus
 
 
 class HitlError(Exception):
@@ -142,3 +182,37 @@ class SchemaOutdated(InfrastructureError):
 
 class NotifierFailed(InfrastructureError):
     """A notifier could not deliver a notice; it is retried later."""
+
+
+class ControlFlow(Exception):
+    """Base of hitl's control-flow signals (see the module docstring): raised on purpose, caught by hitl."""
+
+
+class Stop(ControlFlow):
+    """Raised inside a step to end its run now with ``status`` (e.g. rejected) and ``result``.
+
+    The rest of the chain is not run. ``reason`` is recorded as the run's error text.
+
+    Raises:
+        ValueError: ``status`` is not terminal.
+    """
+
+    def __init__(self, status: RunStatus | str, result: Any = None, reason: str | None = None) -> None:
+        self.status = RunStatus(status)
+        if not self.status.terminal:
+            raise ValueError(f"Stop needs a terminal status, not {self.status.value}")
+        self.result = result
+        self.reason = reason
+        super().__init__(f"run stopped as {self.status.value}")
+
+
+class Replaced(ControlFlow):
+    """Raised by ``Step.replace``: the step is done and ``canvas`` (compiled) is sent in its place."""
+
+    def __init__(self, canvas: dict[str, Any]) -> None:
+        super().__init__("replaced")
+        self.canvas = canvas
+
+
+class LostClaim(ControlFlow):
+    """Another delivery of this step finished first; this delivery's work was rolled back."""

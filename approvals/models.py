@@ -67,7 +67,7 @@ def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind
 
 
 #: ``Session.info`` key of the timeline rows a transaction inserted, published live after it commits
-#: (:mod:`hitl.events`). Rows are noted here with :func:`note_new_events` by the functions that insert them
+#: (:mod:`hitl.infra.events`). Rows are noted here with :func:`note_new_events` by the functions that insert them
 #: (:func:`approvals.transitions.add_event`, ``insert_events``); a ``RunEvent`` added to a session as an ORM
 #: object is stored but not published.
 NEW_EVENTS_KEY = "hitl_new_events"
@@ -88,7 +88,7 @@ class Run(Base):
     """One execution of a registered workflow."""
 
     __tablename__ = "hitl_runs"
-    __table_args__ = (  # listings: by status, newest first (hitl.views.list_runs)
+    __table_args__ = (  # listings: by status, newest first (hitl.core.views.list_runs)
         Index("ix_hitl_runs_status_created", "status", "created_at"),
         Index("ix_hitl_runs_created", "created_at"),
     )
@@ -182,7 +182,7 @@ class StepRecord(Base):
     """One step execution, keyed by its deterministic task id: how a second delivery is told from the first.
 
     Written once, when the step is done (``INSERT ... ON CONFLICT`` on ``task_id``, never over a finished row): of two
-    overlapping deliveries the first to finish wins (see :mod:`hitl.steplog`). ``attempt`` is 1 + the Celery
+    overlapping deliveries the first to finish wins (see :mod:`hitl.delivery.steplog`). ``attempt`` is 1 + the Celery
     retries of the delivery that finished.
     """
 
@@ -218,7 +218,7 @@ class RunEvent(Base):
 class OutboxMessage(Base):
     """A Celery message written in the same transaction as the state change that calls for it.
 
-    See :mod:`hitl.outbox` for its life: sent after commit, delivered when its step finishes, re-sent by the
+    See :mod:`hitl.delivery.outbox` for its life: sent after commit, delivered when its step finishes, re-sent by the
     relay otherwise. ``task_id`` is deterministic so the receiving step can tell a second delivery.
     """
 
@@ -326,7 +326,7 @@ class AuditRecord(Base):
     """One entry of the append-only audit log: a decision attempt, accepted or refused.
 
     ``hash`` is SHA-256 over the entry's fields and ``prev_hash`` (the hash of the previous entry of the same
-    ``chain``: the run's id, ``approval:<id>``, ``-`` or ``anchor``; see :mod:`hitl.audit`), so editing or
+    ``chain``: the run's id, ``approval:<id>``, ``-`` or ``anchor``; see :mod:`hitl.core.audit`), so editing or
     deleting an entry breaks its chain (``hitl audit verify``).
     """
 

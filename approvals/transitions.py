@@ -65,7 +65,8 @@ def _render_unary_plus(element: not_indexed, compiler: SQLCompiler, **kw: Any) -
     return "+" + compiler.process(element.clauses, **kw)
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
+    """The number of rows an UPDATE or DELETE matched (a compare-and-set won when it is 1)."""
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
 
@@ -87,7 +88,7 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
         values["finished_at"] = now
     params = {f"b_{name}": value for name, value in values.items()}
     stmt = _move_run_statement(target, tuple(sorted(values)))
-    moved = _rowcount(session.execute(stmt, {"b_id": run_id, "b_updated_at": now, **params})) == 1
+    moved = rowcount(session.execute(stmt, {"b_id": run_id, "b_updated_at": now, **params})) == 1
     if moved:
         note_locked_run(session, run_id)
     return moved
@@ -105,7 +106,7 @@ def move_run_returning(session: Session, run_id: str, target: RunStatus, column:
 
 
 #: ``session.info`` key: ids of the runs whose rows this transaction has updated (and so holds locked until it
-#: ends). The audit log's per-run chains need that lock (:func:`hitl.audit_chains.place`) and skip taking it again.
+#: ends). The audit log's per-run chains need that lock (:func:`hitl.core.audit_chains.place`) and skip taking it again.
 LOCKED_RUNS_KEY = "hitl_locked_runs"
 
 
@@ -165,7 +166,7 @@ def move_runs(session: Session, run_ids: list[str], target: RunStatus) -> int:
             .where(_RUNS.c.id.in_(run_ids[i : i + CHUNK]), not_indexed(_RUNS.c.status).in_(run_sources(target)))
             .values(status=target, updated_at=utcnow())
         )
-        moved += _rowcount(session.execute(stmt))
+        moved += rowcount(session.execute(stmt))
     return moved
 
 
@@ -248,7 +249,7 @@ def _next_event_ids(session: Session, count: int) -> list[int]:
 
     PostgreSQL: from the column's sequence (one round trip; sequences are not rolled back, so a rolled-back
     transaction leaves a gap, as an ``INSERT`` would). SQLite: after the largest id, which is safe because a
-    writing session holds the database's write lock from ``BEGIN IMMEDIATE`` (:mod:`hitl.db`), so no other
+    writing session holds the database's write lock from ``BEGIN IMMEDIATE`` (:mod:`hitl.infra.db`), so no other
     insert can come in between; SQLite gives an inserted row the largest id plus one in the same way.
     """
     if session.get_bind().dialect.name == "postgresql":
@@ -280,7 +281,7 @@ def resolve_approval(
     """
     stmt = _resolve_statement(target, before_deadline is not None, due_by is not None)
     params = {"b_id": approval_id, "b_now": utcnow(), "b_before": before_deadline, "b_due": due_by}
-    return _rowcount(session.execute(stmt, params)) == 1
+    return rowcount(session.execute(stmt, params)) == 1
 
 
 def resolve_approval_row(
@@ -336,7 +337,7 @@ def touch_pending(session: Session, approval_id: str, *, stage: int, before_dead
         )
         .values(stage=stage)
     )
-    return _rowcount(session.execute(stmt)) == 1
+    return rowcount(session.execute(stmt)) == 1
 
 
 def advance_stage(session: Session, approval_id: str, stage: int, assignees: list[str]) -> bool:
@@ -346,7 +347,7 @@ def advance_stage(session: Session, approval_id: str, stage: int, assignees: lis
         .where(Approval.id == approval_id, Approval.status == ApprovalStatus.PENDING, Approval.stage == stage)
         .values(stage=stage + 1, assignees=assignees)
     )
-    return _rowcount(session.execute(stmt)) == 1
+    return rowcount(session.execute(stmt)) == 1
 
 
 def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 import hitl
-from hitl.broker import broker_url
+from hitl.infra.broker import broker_url
 
 DONE_KEY = "bench:plain:done"
 #: Figure 3: each first task records (start time - send time) in seconds on this Redis list.

@@ -59,7 +59,7 @@ def run_counts() -> dict[str, int]:
     from sqlalchemy import func, select
 
     from approvals.models import Approval, Run
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     with session_scope() as s:
         by_status = dict(

@@ -101,7 +101,7 @@ def throughput(stack: Any, db: str, n: int, rounds: int) -> list[Row]:
     from approvals.models import Approval, Run
     from approvals.status import ApprovalStatus, RunStatus
     from bench.flows import DONE_KEY, _redis, plain_last, plain_step
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     def count(stmt: Any) -> int:
         with session_scope() as s:
@@ -263,7 +263,7 @@ def latency(db: str, n: int, rate: float) -> list[Row]:
 
 
 def _rows(stmt: Any) -> list[Any]:
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     with session_scope() as s:
         return list(s.execute(stmt))
@@ -271,8 +271,8 @@ def _rows(stmt: Any) -> list[Any]:
 
 def _insert_pending(count: int, due: bool, continuation: list[Any]) -> None:
     from approvals.models import Approval, Run
-    from hitl.db import session_scope
-    from hitl.ids import new_id
+    from hitl.infra.db import session_scope
+    from hitl.infra.ids import new_id
 
     now = datetime.now(UTC)
     deadline = now - timedelta(seconds=1) if due else now + timedelta(days=1)
@@ -318,7 +318,7 @@ def _insert_pending(count: int, due: bool, continuation: list[Any]) -> None:
 @contextlib.contextmanager
 def _timing_db(total: list[float]) -> Iterator[None]:
     """Add to ``total[0]`` the seconds spent in the database driver (statements and commits) meanwhile."""
-    from hitl.db import get_engine
+    from hitl.infra.db import get_engine
 
     dialect = get_engine().dialect
     names = ("do_execute", "do_executemany", "do_commit")
@@ -347,9 +347,9 @@ def sweep_and_storage(db: str, due: int, big: int) -> list[Row]:
     import hitl
     from approvals.models import Approval
     from bench.flows import step
-    from hitl.canvas import compile_canvas
-    from hitl.completion import sweep_deadlines
-    from hitl.db import get_engine, session_scope
+    from hitl.core.deadlines import sweep as sweep_deadlines
+    from hitl.delivery.canvas import compile_canvas
+    from hitl.infra.db import get_engine, session_scope
 
     # What a real wait stores: the 2-step continuation of bench-pause, bound to a run.
     # (as a wait stores it: compiled with the run, task ids and run header given when it is sent)

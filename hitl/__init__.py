@@ -24,6 +24,7 @@ from approvals.errors import (
     ApprovalCancelled,
     ApprovalExpired,
     ApprovalNotFound,
+    ControlFlow,
     DomainError,
     HitlError,
     InfrastructureError,
@@ -33,23 +34,22 @@ from approvals.errors import (
     NotFound,
     PayloadTooLarge,
     RunNotFound,
+    Stop,
     UnknownWorkflow,
     UsageError,
     WorkflowError,
 )
 from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus
-from hitl import signals as _signals  # noqa: F401 - plain tasks of a run: their success and failure
-from hitl.app import app
-from hitl.canvas import parallel
-from hitl.completion import approve, decide, reject
-from hitl.lookback import create_approval
-from hitl.registry import workflow
-from hitl.runs import cancel, start
-from hitl.steps import Step, Stop, step
-from hitl.views import get_approval, get_run, list_approvals, list_runs
-from hitl.waits import finish_run as _finish_run  # noqa: F401 - registers hitl.finish_run
-from hitl.waits import wait_for_approval
+from hitl.app import app  # (hitl.app imports hitl.worker: every task of hitl is registered)
+from hitl.core.completion import approve, decide, reject
+from hitl.core.lookback import create_approval
+from hitl.core.registry import workflow
+from hitl.core.runs import cancel, start
+from hitl.core.views import get_approval, get_run, list_approvals, list_runs
+from hitl.delivery.canvas import parallel
+from hitl.worker.steps import Step, step
+from hitl.worker.waits import wait_for_approval
 
 __all__ = [
     "AlreadyDecided",
@@ -58,6 +58,7 @@ __all__ = [
     "ApprovalNotFound",
     "ApprovalStatus",
     "ApprovalView",
+    "ControlFlow",
     "Decision",
     "DomainError",
     "HitlError",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hitl.cli import main
+from hitl.cli.main import main
 
 main()

@@ -1,12 +1,13 @@
-"""Workflows and beat jobs built on hitl's public API.
+"""This deployment's workflows and beat jobs (``HITL_WORKFLOW_MODULES=["tasks"]``, ``HITL_CELERY_CONFIG=celeryconfig``).
 
-- ``content-review`` (:mod:`tasks.content`): draft, editor review, publish; revise on rejection.
-- ``db-change`` (:mod:`tasks.dbchange`): a validated change to catalogue rows, applied only on approval.
-- ``pending_digest`` (:mod:`tasks.digest`): a beat cron job listing approvals pending for long.
+- ``content-review`` and ``db-change``: the sample workflows that ship with hitl (:mod:`hitl.examples`).
+- ``pending_digest`` (:mod:`tasks.digest`): a beat cron job listing approvals pending for long, scheduled by
+  this deployment's ``celeryconfig.py``.
 """
 
 from __future__ import annotations
 
-from tasks import content, dbchange, digest
+from hitl.examples import content, dbchange
+from tasks import digest
 
 __all__ = ["content", "dbchange", "digest"]

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, Integer, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import hitl
-from hitl.db import get_engine, session_scope
+from hitl.infra.db import get_engine, session_scope
 
 
 class TestBase(DeclarativeBase):

@@ -72,7 +72,7 @@ def start_rabbitmq() -> RabbitNode:
         RuntimeError: RabbitMQ is not installed, or the node did not accept connections in time (with the
             tail of its log).
     """
-    from hitl.health import broker_problem
+    from hitl.core.health import broker_problem
 
     script = rabbitmq_server()
     if script is None:

@@ -42,9 +42,9 @@ def point_process_at(env: dict[str, str]) -> None:
     for var in [v for v in os.environ if v.startswith("HITL_")]:
         del os.environ[var]
     os.environ.update(env)
-    from hitl import db
     from hitl.app import reconfigure
-    from hitl.settings import get_settings
+    from hitl.infra import db
+    from hitl.infra.settings import get_settings
 
     get_settings.cache_clear()
     db.reset_engine()
@@ -94,7 +94,7 @@ class RedisServer:
     """A Redis server the test owns (not the embedded daemon), for stopping and restarting the broker."""
 
     def __init__(self, home: Path) -> None:
-        from hitl.broker import server_binary
+        from hitl.infra.broker import server_binary
 
         self.home = home
         self.binary = server_binary()
@@ -140,7 +140,7 @@ class RedisServer:
 def redis_with_password(home: Path, password: str, *args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """Run a Redis server on a free loopback port that requires ``password`` (``requirepass``); yield its port
     and process. ``args`` replace the default command line (``redis-server --requirepass PASSWORD``)."""
-    from hitl.broker import server_binary
+    from hitl.infra.broker import server_binary
 
     port = free_port()
     argv = [*(args or (server_binary(), "--requirepass", password)), "--port", str(port), "--bind", "127.0.0.1"]
@@ -193,7 +193,7 @@ class Stack:
             self.restart_worker(kill=True)
 
     def restart_worker(self, *, kill: bool) -> None:
-        from hitl.procs import start_worker, wait_ready
+        from hitl.infra.procs import start_worker, wait_ready
 
         old = self.services[0]
         if kill and old.proc.poll() is None:
@@ -215,7 +215,7 @@ class Stack:
                 self.restart_worker(kill=False)
 
     def add_beat(self) -> Any:
-        from hitl.procs import start_beat
+        from hitl.infra.procs import start_beat
 
         beat = start_beat(
             self.home / f"beat-{len(self.services)}.log",
@@ -253,8 +253,8 @@ def running_stack(
         env_extra = {**env_extra, "HITL_BROKER_URL": redis_server.url}
     env = base_env(home, **env_extra)
     point_process_at(env)
-    from hitl import broker, db
-    from hitl.procs import start_beat, start_notifier, start_worker, wait_ready
+    from hitl.infra import broker, db
+    from hitl.infra.procs import start_beat, start_notifier, start_worker, wait_ready
 
     broker.ensure_broker()
     db.get_engine()

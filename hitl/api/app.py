@@ -8,118 +8,29 @@ hitl's own errors, request validation, bodies that are not strict JSON (:class:`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from approvals.errors import HitlError, InvalidPayload, InvalidRequest, LinkInvalid, PayloadTooLarge, Unauthenticated
-from hitl.auth import Principal, authenticate, session_principal
-from hitl.settings import get_settings
+from approvals.errors import HitlError, LinkInvalid, PayloadTooLarge, Unauthenticated
+from hitl.api.common import (
+    HTTP_CODES,
+    Refused,
+    error_response,
+    shaped_error,
+)
+from hitl.infra.settings import get_settings
 
-SESSION_COOKIE = "hitl_session"
 #: Threads for sync routes and database reads (live streams hold none: they are async); AnyIO's default is 40.
 THREADS = 200
-
-_bearer = HTTPBearer(auto_error=False, description="An API key (hk_...) or an approval token (hat....).")
-
-
-def error_body(exc: HitlError) -> dict[str, Any]:
-    """The JSON body of an error response."""
-    return {"error": {"code": exc.code, "message": exc.message, "status": exc.http_status, "details": exc.details}}
-
-
-def error_response(exc: HitlError) -> JSONResponse:
-    """``exc`` as a JSON response with its HTTP status (401 adds ``WWW-Authenticate: Bearer``)."""
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
-    return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
-
-
-def _shaped(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "status": status, "details": []}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-#: Codes of the HTTP errors Starlette and FastAPI raise themselves (hitl's own errors carry theirs).
-HTTP_CODES = {
-    400: ("bad_request", "the request could not be read"),
-    404: ("route_not_found", "no such route; the API is under /api/v1 (see /docs)"),
-    413: ("payload_too_large", "the request body is too large"),
-}
-
-
-class Refused(HTTPException):
-    """A :class:`HitlError` raised while FastAPI reads the request body.
-
-    FastAPI turns any other exception raised there into its own 400 (``There was an error parsing the body``);
-    an ``HTTPException`` goes through, and the app's handler answers with the wrapped error.
-    """
-
-    def __init__(self, error: HitlError) -> None:
-        super().__init__(error.http_status, error.message)
-        self.error = error
-
-
-class StrictJsonRequest(Request):
-    """A request whose JSON body is parsed by :func:`hitl.jsonsafe.loads` (no NaN/Infinity, UTF-8, bounded depth).
-
-    A body that is not strict JSON is refused with :class:`InvalidRequest` (422 ``invalid_request``), the code
-    FastAPI's own validation errors get here.
-    """
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            from hitl.jsonsafe import loads
-
-            try:
-                self._json = loads(await self.body(), "the request body")
-            except InvalidPayload as exc:
-                raise Refused(InvalidRequest(exc.message)) from None
-        return self._json
-
-
-class StrictJsonRoute(APIRoute):
-    """An API route reading its body as :class:`StrictJsonRequest` (FastAPI's documented custom route class)."""
-
-    def get_route_handler(self) -> Any:
-        handler = super().get_route_handler()
-
-        async def strict(request: Request) -> Any:
-            return await handler(StrictJsonRequest(request.scope, request.receive))
-
-        return strict
-
-
-def principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Principal:
-    """The caller: a bearer API key or approval token; for GETs also the inbox session cookie.
-
-    The cookie is accepted on safe methods only, so another site cannot make a signed-in browser change
-    anything through the JSON API (the inbox's own forms carry a CSRF token instead).
-
-    Raises:
-        Unauthenticated: no credential, or an unknown or revoked key.
-        LinkInvalid: an altered or expired token.
-    """
-    if credentials is not None:
-        return authenticate(credentials.credentials)
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie and request.method in ("GET", "HEAD"):
-        return session_principal(cookie)
-    raise Unauthenticated()
-
-
-Caller = Annotated[Principal, Depends(principal)]
 
 
 class BodyLimit:
@@ -181,7 +92,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     """Build the app: JSON API under ``/api/v1``, the inbox under ``/inbox``, one-click links under ``/l``."""
     from hitl.api import pages, routes
-    from hitl.registry import load_workflows
+    from hitl.core.registry import load_workflows
 
     load_workflows()
     app = FastAPI(
@@ -219,12 +130,12 @@ def create_app() -> FastAPI:
         if exc.status_code == 405:
             return _not_allowed(request)
         code, message = HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
-        return _shaped(exc.status_code, code, message, exc.headers)
+        return shaped_error(exc.status_code, code, message, exc.headers)
 
     @app.exception_handler(Exception)
     def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
         # Starlette logs the traceback after this answer; the client gets no detail of it.
-        return _shaped(500, "internal_error", "internal error; the server log has the details")
+        return shaped_error(500, "internal_error", "internal error; the server log has the details")
 
     app.include_router(routes.router)
     app.include_router(pages.router)
@@ -245,7 +156,7 @@ def _not_allowed(request: Request) -> JSONResponse:
     ]
     allow = ", ".join(methods)
     message = f"{request.method} is not allowed on {request.url.path}; it takes {allow}"
-    return _shaped(405, "method_not_allowed", message, {"Allow": allow})
+    return shaped_error(405, "method_not_allowed", message, {"Allow": allow})
 
 
 def _version() -> str:

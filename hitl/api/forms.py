@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from approvals.errors import InvalidPayload
-from hitl.jsonsafe import loads
+from hitl.infra.jsonsafe import loads
 
 #: Prefix of schema fields in the posted form, so they never clash with ``comment`` or ``action``.
 PREFIX = "f."

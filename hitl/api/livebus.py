@@ -2,13 +2,13 @@
 
 A :class:`Hub` holds what every open SSE stream of this process listens to, each stream as a :class:`Feed`
 (a bounded asyncio queue). It runs on the server's event loop, so an open stream costs a queue and a few
-kilobytes, not a thread. How events reach the hub depends on :func:`hitl.events.mode`:
+kilobytes, not a thread. How events reach the hub depends on :func:`hitl.infra.events.mode`:
 
 - :class:`RedisHub`: one async Redis pub/sub connection, subscribed to the channels local streams listen to
   (a channel is subscribed when its first stream opens, unsubscribed when its last one closes).
 - :class:`DatabaseHub`: one task reads the timeline after the newest id it has seen, whenever PostgreSQL
   notifies ``hitl_events`` (``LISTEN`` on one psycopg async connection), else every
-  :data:`~hitl.events.POLL_SECONDS`; each row goes to the feeds of its run (and the inbox's, for its
+  :data:`~hitl.infra.events.POLL_SECONDS`; each row goes to the feeds of its run (and the inbox's, for its
   kinds). A read happens only while some stream is open.
 
 If the hub loses its source (Redis down, a failed read), every feed ends with :class:`BrokerUnavailable`:
@@ -29,8 +29,8 @@ from typing import Any
 import anyio.to_thread
 
 from approvals.errors import BrokerUnavailable
-from hitl import events
-from hitl.events import INBOX_CHANNEL, INBOX_KINDS, LiveEvent, run_channel
+from hitl.infra import events
+from hitl.infra.events import INBOX_CHANNEL, INBOX_KINDS, LiveEvent, run_channel
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Hub:
 
 
 class RedisHub(Hub):
-    """Events from Redis pub/sub, as :mod:`hitl.events` publishes them."""
+    """Events from Redis pub/sub, as :mod:`hitl.infra.events` publishes them."""
 
     catch_up_after = events.CATCH_UP_AFTER_SECONDS
 
@@ -268,7 +268,7 @@ class DatabaseHub(Hub):
                 await self._start()
 
     async def _start(self) -> None:
-        from hitl import views
+        from hitl.core import views
 
         try:
             # Rows up to here are the new stream's replay; the hub dispatches what comes after.
@@ -280,7 +280,7 @@ class DatabaseHub(Hub):
         self._task = asyncio.create_task(self._poll(), name="hitl-live-events")
 
     async def _poll(self) -> None:
-        from hitl import views
+        from hitl.core import views
 
         while self.feeds:
             with contextlib.suppress(TimeoutError):
@@ -361,7 +361,7 @@ def hub() -> Hub:
 
 
 def _make() -> Hub:
-    from hitl.settings import get_settings
+    from hitl.infra.settings import get_settings
 
     settings = get_settings()
     mode = events.mode(settings)

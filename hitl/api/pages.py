@@ -23,11 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from approvals.errors import HitlError, InvalidPayload, LinkInvalid, Unauthenticated
 from approvals.schemas import ApprovalView, Decision, Outcome
 from approvals.status import Scope
-from hitl import auth, views
-from hitl.api.app import SESSION_COOKIE
+from hitl.api.common import SESSION_COOKIE
 from hitl.api.forms import data_from_form, fields_of
-from hitl.auth import Principal
-from hitl.settings import get_settings
+from hitl.core import auth, views
+from hitl.core.auth import Principal
+from hitl.infra.settings import get_settings
 
 R = TypeVar("R")
 router = APIRouter(include_in_schema=False)

@@ -18,9 +18,9 @@ from sse_starlette import EventSourceResponse
 from approvals.errors import InvalidTransition
 from approvals.schemas import ApprovalView, Decision, Outcome, RunView
 from approvals.status import ApprovalStatus, RunStatus, Scope
-from hitl import auth, completion, lookback, runs, views
 from hitl.api import streams
-from hitl.api.app import Caller, StrictJsonRoute
+from hitl.api.common import Caller, StrictJsonRoute
+from hitl.core import auth, completion, lookback, runs, views
 
 #: Bodies are strict JSON (no NaN or Infinity, UTF-8, bounded nesting): anything else is a 422 invalid_request.
 router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
@@ -386,7 +386,7 @@ def health(request: Request) -> Any:
     """Liveness and readiness: 200 when the database answers with the schema this hitl needs (the broker may
     be down: decisions still land and the outbox sends them later), 503 when it does not answer or its schema
     is behind (``problem`` says to run `hitl db upgrade`). No authentication."""
-    from hitl.health import check, schema_status
+    from hitl.core.health import check, schema_status
 
     db_ok, broker_ok = check()
     problem = schema_status()[1] if db_ok else None

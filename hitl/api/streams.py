@@ -3,7 +3,7 @@
 Each stream subscribes first (a :class:`~hitl.api.livebus.Feed` of this process's hub), replays the timeline
 rows after ``Last-Event-ID`` from the database, then yields live events it has not replayed, so a client
 that reconnects misses nothing. With Redis, publishers learn of a new subscriber only within
-:data:`~hitl.events.LISTENERS_REFRESH_SECONDS`, so until the hub's ``catch_up_after`` seconds after
+:data:`~hitl.infra.events.LISTENERS_REFRESH_SECONDS`, so until the hub's ``catch_up_after`` seconds after
 subscribing a stream answers a live event by reading the timeline (which also has what a publisher skipped,
 in id order), and reads it once more at the end of that window. The generators are async and run on the
 server's event loop (database reads go to a worker thread); when idle they yield a comment every few
@@ -20,9 +20,9 @@ import anyio.to_thread
 from sse_starlette import ServerSentEvent
 
 from approvals.status import EventKind
-from hitl import views
 from hitl.api.livebus import Feed, hub
-from hitl.events import INBOX_CHANNEL, INBOX_KINDS, LiveEvent, run_channel
+from hitl.core import views
+from hitl.infra.events import INBOX_CHANNEL, INBOX_KINDS, LiveEvent, run_channel
 
 #: Seconds between keep-alive comments on an idle stream.
 IDLE_SECONDS = 5.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -116,18 +117,23 @@ def test_python_dash_m_hitl_is_the_same_command() -> None:
     assert proc.returncode == 0 and "version" in proc.stdout
 
 
-def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
-    """README command 1: real broker, worker and beat; every scripted run ends as expected."""
+def test_demo_runs_end_to_end_from_any_directory_and_cleans_up(tmp_path: Path) -> None:
+    """README command 1: real broker, worker and beat; every scripted run ends as expected. Run from a folder with
+    nothing of the checkout in it (the sample workflows and their plan ship with the package)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_") and k != "PYTHONPATH"}
     proc = subprocess.run(
-        [sys.executable, "-m", "hitl", "--home", str(tmp_path), "demo", "--examples", str(ROOT / "examples")],
+        [sys.executable, "-m", "hitl", "--home", str(tmp_path), "demo"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=elsewhere,
+        env=env,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "demo passed" in proc.stdout
-    plan = json.loads((ROOT / "examples" / "demo.json").read_text())["runs"]
+    plan = json.loads((ROOT / "hitl" / "examples" / "demo.json").read_text())["runs"]
     assert proc.stdout.count(" yes") >= len(plan)
     for status in ("succeeded", "rejected", "timed_out"):
         assert status in proc.stdout

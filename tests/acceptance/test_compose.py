@@ -215,7 +215,7 @@ def test_each_service_starts_from_its_command_and_becomes_healthy(
         worker_env = {**checks["worker"], "HITL_PUBLIC_URL": f"http://127.0.0.1:{api_port}"}
         hitl = [sys.executable, "-m", "hitl"]
         run_id = subprocess.run(
-            [*hitl, "start", "content-review", "--payload", "@examples/content-review.json"],
+            [*hitl, "start", "content-review", "--payload", "@hitl/examples/content-review.json"],
             env=worker_env, capture_output=True, text=True, timeout=60, cwd=ROOT, check=True,
         ).stdout.strip()  # fmt: skip
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from hitl.migrate import downgrade, head_revision, upgrade
+from hitl.infra.migrate import downgrade, head_revision, upgrade
 from tests.pg import PgServer, free_port
 from tests.support import ROOT, CliResult, base_env, hitl_cli, redis_with_password, wait_for
 
@@ -243,7 +243,7 @@ def test_health_reports_a_schema_that_fell_behind(home: Path) -> None:
             cwd=ROOT,
             start_new_session=True,
         )
-    engine = create_engine(f"sqlite:///{home / 'hitl.db'}")
+    engine = create_engine(f"sqlite:///{home / 'hitl.infra.db'}")
 
     def answer() -> httpx.Response | None:
         try:

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 import hitl
 from approvals.models import Approval, DecisionRecord, OutboxMessage, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
-from hitl.db import session_scope
+from hitl.infra.db import session_scope
 from tests.flows import MIXED_AT_LEAST_ONCE, MIXED_EXACTLY_ONCE, Attempt, EffectRow, create_test_tables, effects
 from tests.pg import PgServer
 from tests.support import FIGURES, ROOT, Stack, running_stack, wait_for
@@ -412,7 +412,7 @@ def test_step_failing_twice_then_succeeding_runs_later_steps_once_in_order(fstac
 
 def test_a_step_running_longer_than_redeliver_after_is_not_sent_again(fstack: Stack) -> None:
     """The relay re-sends a message that no step finished within HITL_REDELIVER_AFTER (5 s here), but not the
-    message of a step still running: a running step marks its message delivered (hitl.steplog's watcher)."""
+    message of a step still running: a running step marks its message delivered (hitl.delivery.steplog's watcher)."""
     run_id = hitl.start("slow", {"seconds": 6.5})
     run = wait_for(lambda: (r := hitl.get_run(run_id)).status.terminal and r, 60, "slow run to finish")
     assert run.status is RunStatus.SUCCEEDED

@@ -24,11 +24,11 @@ import hitl
 from approvals.errors import AlreadyDecided
 from approvals.models import Approval, AuditRecord, utcnow
 from approvals.status import ApprovalStatus
-from hitl import audit
-from hitl.completion import sweep_deadlines
-from hitl.db import read_session, session_scope
-from hitl.ids import new_id
-from hitl.migrate import upgrade
+from hitl.core import audit
+from hitl.core.deadlines import sweep as sweep_deadlines
+from hitl.infra.db import read_session, session_scope
+from hitl.infra.ids import new_id
+from hitl.infra.migrate import upgrade
 from tests.conftest import DATABASES
 from tests.integration.test_bulk_sweep import insert_waiting
 from tests.pg import PgServer

@@ -27,7 +27,7 @@ NOT_FINITE = ["NaN", "Infinity", "-Infinity", "1e999"]
 def row_counts() -> dict[str, int]:
     """The number of rows in every hitl table (the test process points at the stack's database)."""
     from approvals.models import Base
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     with session_scope() as s:
         return {t.name: int(s.scalar(select(func.count()).select_from(t)) or 0) for t in Base.metadata.sorted_tables}
@@ -46,7 +46,7 @@ def the_error(res: httpx.Response) -> dict[str, Any]:
 def _closed_connections() -> Iterator[None]:
     """Close this process's pooled connections after the module (row_counts opens them)."""
     yield
-    from hitl import db
+    from hitl.infra import db
 
     db.reset_engine()
 

@@ -20,10 +20,10 @@ import hitl
 from approvals.models import Approval, OutboxMessage, Run, RunEvent, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus
 from approvals.transitions import CHUNK, add_event
-from hitl import events
-from hitl.completion import sweep_deadlines
-from hitl.db import session_scope
-from hitl.ids import new_id
+from hitl.core.deadlines import sweep as sweep_deadlines
+from hitl.infra import events
+from hitl.infra.db import session_scope
+from hitl.infra.ids import new_id
 from tests.support import point_process_at
 
 DUE = CHUNK + CHUNK // 2  # half resume a continuation, half end their run

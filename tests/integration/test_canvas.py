@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 import hitl
 from approvals.models import Approval, Run, StepRecord
 from approvals.status import ApprovalStatus, RunStatus
-from hitl.db import session_scope
+from hitl.infra.db import session_scope
 from tests.flows import EffectRow, create_test_tables, effects
 from tests.support import Stack, wait_for
 

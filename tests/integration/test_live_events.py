@@ -2,7 +2,7 @@
 RabbitMQ URL, and PostgreSQL's LISTEN/NOTIFY with transactions committing out of id order.
 
 Timeline rows are written as the engine writes them (:func:`approvals.transitions.add_event` in a session
-of :func:`hitl.db.session_scope`); the hub of :mod:`hitl.api.livebus` receives them as ``hitl serve`` does.
+of :func:`hitl.infra.db.session_scope`); the hub of :mod:`hitl.api.livebus` receives them as ``hitl serve`` does.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from approvals.models import Run
 from approvals.status import EventKind, RunStatus
 from approvals.transitions import add_event
-from hitl import events
 from hitl.api import livebus
-from hitl.events import INBOX_CHANNEL, run_channel
+from hitl.infra import events
+from hitl.infra.events import INBOX_CHANNEL, run_channel
 from tests.pg import PgServer
 from tests.support import RedisServer, base_env, point_process_at
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def _new_run(run_id: str) -> None:
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     with session_scope() as s:
         s.add(Run(id=run_id, workflow="gate", status=RunStatus.WAITING, payload={}))
@@ -34,7 +34,7 @@ def _new_run(run_id: str) -> None:
 
 def _event(run_id: str, kind: EventKind, hold: threading.Event | None = None) -> None:
     """Append one timeline row and commit (after ``hold`` is set, when given: an id taken, committed late)."""
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     with session_scope() as s:
         add_event(s, run_id, kind, "gate")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from hitl.migrate import current_revision, downgrade, head_revision, schema_drift, upgrade
+from hitl.infra.migrate import current_revision, downgrade, head_revision, schema_drift, upgrade
 from tests.conftest import DATABASES
 
 pytestmark = pytest.mark.integration

@@ -181,7 +181,7 @@ def test_a_large_input_is_stored_once_and_passed_by_reference(stack: Stack) -> N
     from sqlalchemy import func, select
 
     from approvals.models import Blob, OutboxMessage
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     big = {"notes": "x" * 100_000}  # over HITL_INLINE_PAYLOAD_BYTES (64 KiB), under HITL_MAX_PAYLOAD_BYTES
     first, _ = start(stack, **big)

@@ -15,7 +15,7 @@ import pytest
 
 import hitl
 from approvals.schemas import NotificationView
-from hitl.views import list_notifications
+from hitl.core.views import list_notifications
 from tests.support import TEST_GROUPS, Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""The two workflows in tasks/, end to end through the CLI, and the digest cron job."""
+"""The sample workflows (hitl.examples) as this deployment runs them (tasks/), end to end through the CLI, and
+the deployment's digest cron job (celeryconfig.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from sqlalchemy import select
 
 import hitl
 from approvals.status import RunStatus
-from hitl.db import session_scope
-from tasks.dbchange import SEED, ensure_catalogue
-from tasks.store import Article, Digest, Product, create_app_tables
+from hitl.examples.dbchange import SEED, ensure_catalogue
+from hitl.examples.store import Article, Product, create_app_tables
+from hitl.infra.db import session_scope
+from tasks.digest import Digest
 from tests.support import ROOT, Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,8 +28,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterat
     with running_stack(
         tmp_path_factory.mktemp("flows"),
         HITL_DATABASE_URL=database_url,
-        HITL_DIGEST_CRON="* * * * *",
-        HITL_DIGEST_AGE="0",
+        HITL_CELERY_CONFIG="celeryconfig",
+        DIGEST_CRON="* * * * *",
+        DIGEST_AGE="0",
     ) as s:
         yield s
 
@@ -95,7 +98,7 @@ def test_content_review_stops_as_rejected_after_max_revisions(stack: Stack) -> N
 
 
 def test_content_review_from_the_committed_example(stack: Stack) -> None:
-    run_id = start(stack, "content-review", f"@{ROOT / 'examples' / 'content-review.json'}")
+    run_id = start(stack, "content-review", f"@{ROOT / 'hitl' / 'examples' / 'content-review.json'}")
     approval = next_approval(run_id, 1)
     assert approval.assignees == ["editors"]
     assert stack.cli("approve", approval.id, "--by", "alice").code == 0
@@ -108,7 +111,7 @@ def test_content_review_from_the_committed_example(stack: Stack) -> None:
 def test_db_change_shows_a_diff_and_applies_on_approval(stack: Stack) -> None:
     ensure_catalogue()
     before = catalogue()
-    run_id = start(stack, "db-change", f"@{ROOT / 'examples' / 'db-change-prices.json'}")
+    run_id = start(stack, "db-change", f"@{ROOT / 'hitl' / 'examples' / 'db-change-prices.json'}")
     approval = next_approval(run_id, 1)
     rows = {r["sku"]: r for r in approval.subject["rows"]}
     assert rows["TEA-001"]["before"]["price"] == "6.50" and rows["TEA-001"]["after"]["price"] == "6.85"
@@ -131,7 +134,7 @@ def test_db_change_shows_a_diff_and_applies_on_approval(stack: Stack) -> None:
 @pytest.mark.parametrize("ending", ["reject", "timeout", "cancel"])
 def test_db_change_writes_nothing_unless_approved(stack: Stack, ending: str) -> None:
     ensure_catalogue()
-    payload = json.loads((ROOT / "examples" / "db-change-restock.json").read_text())
+    payload = json.loads((ROOT / "hitl" / "examples" / "db-change-restock.json").read_text())
     payload["review_timeout"] = "1s" if ending == "timeout" else "1h"
     before = catalogue()
     run_id = start(stack, "db-change", payload)

@@ -20,10 +20,11 @@ from approvals.errors import AlreadyDecided, ApprovalNotFound, InvalidDecision, 
 from approvals.models import Approval, AuditRecord, Run, utcnow
 from approvals.status import ApprovalStatus, RunStatus
 from approvals.transitions import CHUNK
-from hitl import audit, audit_verify
-from hitl.completion import decide, refuse, sweep_deadlines
-from hitl.db import session_scope
-from hitl.ids import new_id
+from hitl.core import audit, audit_verify
+from hitl.core.completion import decide, refuse
+from hitl.core.deadlines import sweep as sweep_deadlines
+from hitl.infra.db import session_scope
+from hitl.infra.ids import new_id
 from tests.unit.test_completion import waiting_run
 from tests.unit.test_query_plans import explained, recorded
 
@@ -481,9 +482,9 @@ def test_verify_reads_in_batches(engine_env: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_anchor_job_is_on_beat_every_interval(engine_env: Path) -> None:
-    from hitl.jobs import anchor_audit
+    from hitl.worker.jobs import anchor_audit
 
-    show = "import celeryconfig; print(celeryconfig.beat_schedule['hitl-anchor-audit'])"
+    show = "from hitl.infra import celeryconfig; print(celeryconfig.beat_schedule['hitl-anchor-audit'])"
     env = {**os.environ, "HITL_AUDIT_ANCHOR_INTERVAL": "5"}
     res = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == str({"task": "hitl.anchor_audit", "schedule": 5.0})

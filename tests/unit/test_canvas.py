@@ -8,7 +8,7 @@ import pytest
 from celery import chord, group
 
 import hitl
-from hitl.canvas import (
+from hitl.delivery.canvas import (
     FINISH_TASK,
     HEADER_LAST,
     HEADER_RUN,
@@ -152,14 +152,14 @@ def test_a_first_message_that_cannot_be_built_leaves_no_run(engine_env: Any, mon
     from sqlalchemy import func, select
 
     from approvals.models import OutboxMessage, Run
-    from hitl import canvas
-    from hitl.db import session_scope
+    from hitl.delivery import canvas
+    from hitl.infra.db import session_scope
 
     def refuse(*_: Any, **__: Any) -> None:
         raise TypeError("Celery refused the arguments")
 
     monkeypatch.setattr(canvas, "apply_canvas", refuse)
-    monkeypatch.setattr("hitl.outbox.apply_canvas", refuse)
+    monkeypatch.setattr("hitl.delivery.outbox.apply_canvas", refuse)
     with pytest.raises(hitl.WorkflowError, match="first message cannot be built: TypeError: Celery refused"):
         hitl.start("plain-nowait", {"topic": "x"})
     with session_scope() as s:
@@ -171,7 +171,7 @@ def test_a_first_message_that_cannot_be_built_leaves_no_run(engine_env: Any, mon
 
 
 def test_a_shape_hitl_cannot_run_is_refused_when_the_workflow_is_registered() -> None:
-    from hitl.registry import _workflows
+    from hitl.core.registry import _workflows
 
     with pytest.raises(hitl.WorkflowError, match="'bad-shape' cannot be registered: a wait cannot stand inside"):
 
@@ -183,7 +183,7 @@ def test_a_shape_hitl_cannot_run_is_refused_when_the_workflow_is_registered() ->
 
 
 def test_a_registered_workflow_shows_its_shape_in_run_order() -> None:
-    from hitl.registry import get_workflow
+    from hitl.core.registry import get_workflow
 
     @hitl.workflow("shape-shown")
     def shape_shown(payload: Any) -> Any:

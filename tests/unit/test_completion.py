@@ -12,9 +12,10 @@ import hitl
 from approvals.errors import AlreadyDecided, ApprovalCancelled, ApprovalExpired, ApprovalNotFound, InvalidDecision
 from approvals.models import Approval, OutboxMessage, Run, utcnow
 from approvals.status import ApprovalStatus, RunStatus
-from hitl.completion import decide, sweep_deadlines
-from hitl.db import session_scope
-from hitl.ids import new_id
+from hitl.core.completion import decide
+from hitl.core.deadlines import sweep as sweep_deadlines
+from hitl.infra.db import session_scope
+from hitl.infra.ids import new_id
 
 
 def waiting_run(deadline_in: float = 3600, **approval: object) -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from approvals.errors import InfrastructureError
-from hitl.db import is_transient, session_scope
+from hitl.infra.db import is_transient, session_scope
 
 
 def _error_from(url: str, *sql: str, hold_lock: Path | None = None) -> SQLAlchemyError:
@@ -54,10 +54,10 @@ def test_a_missing_table_or_bad_sql_is_not_transient(tmp_path: Path) -> None:
 def test_transient_is_found_through_the_infrastructure_error_it_was_raised_as(
     engine_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = engine_env / "hitl.db"
+    db = engine_env / "hitl.infra.db"
     with session_scope() as s:  # create the file and its schema
         s.execute(text("SELECT 1"))
-    monkeypatch.setattr("hitl.db.SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("hitl.infra.db.SQLITE_BUSY_TIMEOUT_MS", 50)
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:

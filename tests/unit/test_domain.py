@@ -18,8 +18,8 @@ from approvals.status import (
     approval_sources,
     run_sources,
 )
-from hitl.jsonsafe import check_size, parse_json, parse_json_object
-from hitl.steps import Stop, parse_duration
+from hitl.infra.jsonsafe import check_size, parse_json, parse_json_object
+from hitl.worker.steps import Stop, parse_duration
 
 
 def test_every_status_has_a_transition_row() -> None:
@@ -113,7 +113,7 @@ def test_json_parsing_errors_are_usage_errors(tmp_path: object) -> None:
 
 
 def test_payload_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hitl.settings import get_settings
+    from hitl.infra.settings import get_settings
 
     monkeypatch.setenv("HITL_MAX_PAYLOAD_BYTES", "100")
     get_settings.cache_clear()

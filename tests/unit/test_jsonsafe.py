@@ -1,11 +1,11 @@
-"""Strict JSON at the door (:mod:`hitl.jsonsafe`): what is refused, and what still parses."""
+"""Strict JSON at the door (:mod:`hitl.infra.jsonsafe`): what is refused, and what still parses."""
 
 from __future__ import annotations
 
 import pytest
 
 from approvals.errors import InvalidPayload
-from hitl.jsonsafe import MAX_DEPTH, check_size, loads
+from hitl.infra.jsonsafe import MAX_DEPTH, check_size, loads
 
 
 def test_strings_that_spell_nan_and_large_finite_numbers_still_parse() -> None:

@@ -17,11 +17,11 @@ from approvals.errors import NotifierFailed
 from approvals.models import Approval, Notification, RunEvent, utcnow
 from approvals.schemas import Notice
 from approvals.status import EventKind, NotificationKind
-from hitl import reminders
-from hitl.db import session_scope
-from hitl.notify import SmtpNotifier, email_address, send_due
-from hitl.reminders import next_reminder, sweep_reminders
-from hitl.settings import get_settings
+from hitl.core import reminders
+from hitl.core.notify import SmtpNotifier, email_address, send_due
+from hitl.core.reminders import next_reminder, sweep_reminders
+from hitl.infra.db import session_scope
+from hitl.infra.settings import get_settings
 from tests.support import free_port
 from tests.unit.test_completion import waiting_run
 
@@ -117,7 +117,7 @@ def test_escalation_adds_the_group_once_and_notifies_it(engine_env: Path) -> Non
 
 def test_decided_approvals_are_not_reminded(engine_env: Path) -> None:
     a = pending(policy={"remind_after": 1}, next_reminder_at=utcnow() - timedelta(seconds=1))
-    from hitl.completion import decide
+    from hitl.core.completion import decide
 
     decide(a, "approved", actor="alice")
     assert sweep_reminders() == 0
@@ -194,7 +194,7 @@ def test_a_notice_is_given_up_after_the_last_attempt(engine_env: Path) -> None:
     (n,) = notices(a)
     assert n.attempts == attempts and n.sent_at is None
     assert n.last_error is not None and n.last_error.startswith(f"gave up after {attempts} attempts: flaky")
-    from hitl.views import list_notifications
+    from hitl.core.views import list_notifications
 
     assert list_notifications(a)[0].state == "failed"
 

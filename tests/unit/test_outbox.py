@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 
 import hitl
 from approvals.models import OutboxMessage, utcnow
-from hitl import outbox
-from hitl.db import session_scope
-from hitl.settings import get_settings
+from hitl.delivery import outbox
+from hitl.infra.db import session_scope
+from hitl.infra.settings import get_settings
 
 
 def _row(task_id: str) -> OutboxMessage:
@@ -88,7 +88,7 @@ def test_a_run_without_progress_gets_its_latest_message_again_once_per_period(
     from sqlalchemy import update
 
     from approvals.models import Run, RunEvent, utcnow
-    from hitl.db import session_scope
+    from hitl.infra.db import session_scope
 
     monkeypatch.setenv("HITL_STALL_AFTER", "60")
     get_settings.cache_clear()

@@ -18,9 +18,9 @@ from sqlalchemy import event
 
 import hitl
 from approvals.status import ApprovalStatus, RunStatus
-from hitl.completion import sweep_deadlines
-from hitl.db import get_engine
-from hitl.views import approval_cursor, list_approvals, list_runs
+from hitl.core.deadlines import sweep as sweep_deadlines
+from hitl.core.views import approval_cursor, list_approvals, list_runs
+from hitl.infra.db import get_engine
 from tests.unit.test_completion import waiting_run
 
 _PICKS_BY_ID = re.compile(r"\b(hitl_approvals|hitl_runs)\.(id IN \(|run_id = \?)")

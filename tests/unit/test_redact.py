@@ -1,12 +1,12 @@
-"""Masking URLs and scrubbing passwords (hitl.redact), and naming misspelt settings (hitl.settings)."""
+"""Masking URLs and scrubbing passwords (hitl.infra.redact), and naming misspelt settings (hitl.infra.settings)."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import SecretStr
 
-from hitl.redact import mask_url, scrub
-from hitl.settings import Settings, unknown_variables
+from hitl.infra.redact import mask_url, scrub
+from hitl.infra.settings import Settings, unknown_variables
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from hitl.settings import Settings, unknown_variables
         ("amqp://guest:pw@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
         ("sentinel://:pw@s1:26379;sentinel://:pw@s2:26379", "sentinel://:***@s1:26379;sentinel://:***@s2:26379"),
         ("redis+socket:///tmp/hitl/redis.sock", "redis+socket:///tmp/hitl/redis.sock"),
-        ("sqlite:////tmp/hitl.db", "sqlite:////tmp/hitl.db"),
+        ("sqlite:////tmp/hitl.infra.db", "sqlite:////tmp/hitl.infra.db"),
         (None, ""),
     ],
 )

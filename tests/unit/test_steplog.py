@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from approvals.models import Run
 from approvals.status import RunStatus, StepStatus
-from hitl import steplog
-from hitl.db import session_scope
-from hitl.ids import new_id
+from hitl.delivery import steplog
+from hitl.infra.db import session_scope
+from hitl.infra.ids import new_id
 
 
 def pending_run() -> str:

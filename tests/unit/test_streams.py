@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from hitl.api import streams
-from hitl.events import CATCH_UP_AFTER_SECONDS, LiveEvent
+from hitl.infra.events import CATCH_UP_AFTER_SECONDS, LiveEvent
 
 
 def _ev(i: int, kind: str) -> LiveEvent:

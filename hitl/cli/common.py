@@ -1,0 +1,60 @@
+"""What every command module shares: the error-handling group class, ``--json``, finite seconds."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from approvals.errors import HitlError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True}
+
+
+class HitlGroup(click.Group):
+    """A click group that turns hitl's errors into a one-line message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HitlError as exc:
+            from hitl.infra.redact import scrub
+
+            click.echo(f"error: {scrub(exc.message)}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("HITL_DEBUG"):
+                raise
+            from hitl.infra.redact import one_line, scrub
+
+            click.echo(
+                f"error: internal error: {type(exc).__name__}: {scrub(one_line(str(exc)))}"
+                " (HITL_DEBUG=1 shows the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds within bounds (click's ``FloatRange`` lets ``nan`` through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+def json_option(fn: F) -> F:
+    """Add ``--json`` (machine-readable output on stdout) to a command."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)

@@ -1,0 +1,2 @@
+"""Use cases: runs, decisions, deadlines, parallel waits, policies' groups, reminders, notifications, queries, audit,
+auth."""

@@ -1,0 +1,168 @@
+"""Runs: starting one (idempotently) and cancelling one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound, WorkflowError
+from approvals.models import OutboxMessage, Run, RunEvent
+from approvals.status import EventKind, RunStatus
+from approvals.transitions import add_event, cancel_pending_approvals, end_run
+from hitl.core import audit
+from hitl.core.registry import get_workflow
+from hitl.delivery import outbox
+from hitl.delivery.canvas import compile_canvas, map_leaves
+from hitl.infra import blobs
+from hitl.infra.celery_app import app
+from hitl.infra.db import read_session, session_scope
+from hitl.infra.ids import new_id
+from hitl.infra.jsonsafe import check_size, jsonable
+
+log = logging.getLogger(__name__)
+
+#: A Core INSERT (the ORM's unit of work costs more than the statement itself on this path).
+_INSERT_RUN = insert(cast(Table, Run.__table__))
+
+
+def start(
+    workflow: str, payload: Any = None, *, idempotency_key: str | None = None, requester: str | None = None
+) -> str:
+    """Create a run of ``workflow`` and enqueue its first step; return the run id.
+
+    The run row and its start message are committed together (outbox), then the message is sent. With an
+    ``idempotency_key``, a second call with the same key returns the first call's run id and starts nothing.
+
+    Args:
+        workflow: a registered workflow name (see ``hitl workflows``).
+        payload: JSON-serialisable input, validated by the workflow's input model if it has one.
+        idempotency_key: any string up to 200 characters, unique per run.
+        requester: who asks (recorded on the run; a wait with ``forbid_requester`` refuses their decision).
+
+    Raises:
+        UnknownWorkflow: no workflow has that name.
+        InvalidPayload: the payload fails the workflow's input model or is not JSON.
+        WorkflowError: the workflow's canvas has a shape hitl cannot run, a task in it cannot take its
+            arguments, or a wait's options are invalid (nothing is stored).
+        PayloadTooLarge: the payload exceeds ``HITL_MAX_PAYLOAD_BYTES``.
+    """
+    if idempotency_key is not None:
+        existing = _run_for_key(idempotency_key)
+        if existing:
+            return existing
+    wf = get_workflow(workflow)
+    payload = wf.validate(payload)
+    check_size(payload)
+    run_id = new_id()
+    compiled = compile_canvas(wf.build(payload), run_id)
+    if compiled is None:
+        raise WorkflowError(f"workflow {wf.name!r} built an empty canvas: nothing to run")
+    try:
+        with session_scope() as s:
+            values = {
+                "id": run_id,
+                "workflow": wf.name,
+                "status": RunStatus.PENDING,
+                "idempotency_key": idempotency_key,
+                "requester": requester,
+                "payload": blobs.store(s, jsonable(payload)),
+            }
+            s.execute(_INSERT_RUN, values)
+            add_event(s, run_id=run_id, kind=EventKind.CREATED, name=wf.name)
+            row = outbox.enqueue(s, run_id, f"{run_id}.start", [_store_large_inputs(s, compiled)], [])
+    except InfrastructureError as exc:
+        if idempotency_key is not None and isinstance(exc.__cause__, IntegrityError):
+            existing = _run_for_key(idempotency_key)
+            if existing:
+                return existing
+        raise
+    try:
+        outbox.publish([row], strict=True)
+    except outbox.Unbuildable as exc:  # leave no run behind: nothing was sent
+        _forget(run_id)
+        raise WorkflowError(f"workflow {wf.name!r}: its first message cannot be built: {exc}") from exc
+    return run_id
+
+
+def _forget(run_id: str) -> None:
+    """Delete a run whose first message could not be built, with its timeline and outbox row (nothing ran)."""
+    with session_scope() as s:
+        for model in (OutboxMessage, RunEvent):
+            s.execute(delete(model).where(model.run_id == run_id))
+        s.execute(delete(Run).where(Run.id == run_id))
+
+
+def _store_large_inputs(s: Any, compiled: dict[str, Any]) -> dict[str, Any]:
+    """Large positional arguments of journaled steps go to ``hitl_blobs`` and travel as references (a step
+    resolves them); a plain task receives its arguments as they are."""
+
+    def store(sig: dict[str, Any]) -> dict[str, Any]:
+        if not getattr(app.tasks.get(sig["task"]), "journaled", False):  # (a Step: hitl.worker.steps)
+            return sig
+        return blobs.store_in_args(s, [sig])[0]
+
+    return map_leaves(compiled, store)
+
+
+def _run_for_key(key: str) -> str | None:
+    with read_session() as s:
+        return s.scalar(select(Run.id).where(Run.idempotency_key == key))
+
+
+def cancel(run_id: str, *, actor: str = "operator", reason: str | None = None, channel: str = "api") -> list[str]:
+    """Cancel run ``run_id`` and, in the same transaction, its pending approvals; return their ids.
+
+    Steps of a cancelled run that are still queued do nothing when they start; deciding a cancelled
+    approval afterwards raises :class:`~approvals.errors.ApprovalCancelled`. The attempt is recorded in
+    the audit log (action ``cancel``, with ``channel``: ``cli``, ``api``, ``http``), refused or not.
+
+    Raises:
+        RunNotFound: no run has that id.
+        InvalidTransition: the run already finished.
+    """
+    try:
+        return _cancel(run_id, actor, reason, channel)
+    except DomainError as exc:
+        audit.record_refused(
+            action="cancel",
+            actor=actor,
+            channel=channel,
+            reason=exc.message,
+            run_id=run_id,
+            outcome="cancelled",
+            comment=reason,
+        )
+        raise
+
+
+def _cancel(run_id: str, actor: str, reason: str | None, channel: str) -> list[str]:
+    with session_scope() as s:
+        if not end_run(s, run_id, RunStatus.CANCELLED, {"actor": actor, "reason": reason}, error=reason):
+            status = s.scalar(select(Run.status).where(Run.id == run_id))
+            if status is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            raise InvalidTransition(f"run {run_id} already finished as {status.value}")
+        cancelled = cancel_pending_approvals(s, run_id)
+        for approval_id in cancelled:
+            add_event(
+                s,
+                run_id=run_id,
+                kind=EventKind.RESOLVED,
+                name=approval_id,
+                detail={"outcome": "cancelled", "actor": actor},
+            )
+        audit.record(
+            s,
+            action="cancel",
+            actor=actor,
+            channel=channel,
+            accepted=True,
+            run_id=run_id,
+            outcome="cancelled",
+            comment=reason,
+            payload={"cancelled_approvals": cancelled},
+        )
+    return cancelled

@@ -1,0 +1,1 @@
+"""Delivery: compiling canvases, the transactional outbox, the journal of steps, wait options."""

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, the database and its migrations, the broker, live events, blobs, ids, JSON checks."""
