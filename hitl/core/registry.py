@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Signature
 from pydantic import BaseModel, ValidationError
@@ -52,7 +52,10 @@ class Workflow:
 _workflows: dict[str, Workflow] = {}
 
 
-def workflow(name: str, *, input: type[BaseModel] | None = None) -> Callable[[Builder], Builder]:
+B = TypeVar("B", bound=Builder)
+
+
+def workflow(name: str, *, input: type[BaseModel] | None = None) -> Callable[[B], B]:
     """Register the decorated function as the builder of workflow ``name``.
 
     The function takes the (validated) payload and returns a Celery canvas: a linear chain of steps that may
@@ -66,7 +69,7 @@ def workflow(name: str, *, input: type[BaseModel] | None = None) -> Callable[[Bu
             return draft.s(payload) | hitl.wait_for_approval.s(key="editor-review", timeout="1h") | publish.s()
     """
 
-    def register(fn: Builder) -> Builder:
+    def register(fn: B) -> B:
         doc = (fn.__doc__ or "").strip().splitlines()
         _workflows[name] = Workflow(name, fn, input, doc[0] if doc else "", _shape_of(name, fn, input))
         return fn

@@ -17,7 +17,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from celery import Signature, Task, signature
 from celery.exceptions import Reject
@@ -302,22 +302,58 @@ class Step(Task):  # type: ignore[misc]
             steplog.fail(run_id, self.name, task_id, f"{type(exc).__name__}: {exc}", attempt, receipt)
 
 
-def step(*args: Any, **options: Any) -> Any:
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
+
+
+class StepTask(Protocol[P, R]):
+    """What ``@hitl.step`` returns, as the type checker sees it: a Celery task (a :class:`Step`) that keeps the
+    decorated function's parameters and return type for direct calls; ``s``/``si``/``delay``/``apply_async`` are
+    Celery's (their arguments are checked when a run starts, :func:`hitl.delivery.canvas.compile_canvas`)."""
+
+    name: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature: ...
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature: ...
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any: ...
+
+
+@overload
+def step(fn: Callable[P, R], /) -> StepTask[P, R]: ...
+
+
+@overload
+def step(
+    *, name: str | None = None, bind: bool = False, transactional: bool = False, **options: Any
+) -> Callable[[Callable[P, R]], StepTask[P, R]]: ...
+
+
+def step(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a journaled step: ``@hitl.step`` or ``@hitl.step(name=..., max_retries=...)``.
 
     Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...) and
     ``transactional=True`` (see :class:`Step`). The task gets ``base=Step``. A function that declares a
     ``run_id`` parameter receives its run's id. Any other Celery task may stand in a workflow too, without a
-    journal (see README, "Guarantees").
+    journal (see the guarantees in the docs).
+
+    Returns:
+        The task (a :class:`Step`), typed as :class:`StepTask` with the function's own parameters and return type
+        (``ParamSpec``, as dramatiq's ``actor`` keeps them).
     """
     options.setdefault("base", Step)
-    if args and callable(args[0]) and len(args) == 1 and not options.keys() - {"base"}:
-        return app.task(**options)(args[0])
+    if fn is not None:
+        return app.task(**options)(fn)
 
-    def decorate(fn: Callable[..., Any]) -> Any:
-        return app.task(*args, **options)(fn)
+    def decorate(inner: Callable[..., Any]) -> Any:
+        return app.task(**options)(inner)
 
     return decorate
 
 
-__all__ = ["Step", "Stop", "parse_duration", "step"]
+__all__ = ["Step", "StepTask", "Stop", "parse_duration", "step"]
