@@ -336,7 +336,7 @@ def step(*args: Any, **options: Any) -> Any:
     Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...) and
     ``transactional=True`` (see :class:`Step`). The task gets ``base=Step``. A function that declares a
     ``run_id`` parameter receives its run's id. Any other Celery task may stand in a workflow too, without a
-    journal (see README, "Guarantees").
+    journal (see the docs, "Reliability and guarantees").
     """
     options.setdefault("base", Step)
     if args and callable(args[0]) and len(args) == 1 and not options.keys() - {"base"}:
