@@ -78,12 +78,19 @@ class CliResult:
 
 
 def hitl_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
-    """Run the ``hitl`` command as a subprocess, as a user would."""
+    """Run the ``hitl`` command as a subprocess, as a user would.
+
+    An ``env`` naming ``HITL_HOME`` is a whole hitl environment (as :func:`base_env` makes): the ``HITL_*``
+    variables this test process holds (a stack another test pointed it at) are not inherited then.
+    """
+    inherited = dict(os.environ)
+    if env and "HITL_HOME" in env:
+        inherited = {k: v for k, v in inherited.items() if not k.startswith("HITL_")}
     proc = subprocess.run(
         [sys.executable, "-m", "hitl", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
         timeout=timeout,
         cwd=ROOT,
     )

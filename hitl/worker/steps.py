@@ -340,7 +340,7 @@ def step(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     Takes Celery's task options (``name``, ``bind``, ``autoretry_for``, ``retry_backoff``, ...) and
     ``transactional=True`` (see :class:`Step`). The task gets ``base=Step``. A function that declares a
     ``run_id`` parameter receives its run's id. Any other Celery task may stand in a workflow too, without a
-    journal (see the guarantees in the docs).
+    journal (see the docs, "Reliability and guarantees").
 
     Returns:
         The task (a :class:`Step`), typed as :class:`StepTask` with the function's own parameters and return type

@@ -62,6 +62,8 @@ def wait_for_approval(self: Any, subject: Any = None, **options: Any) -> Any:
 
     Args:
         subject: what is to be reviewed; shown by ``hitl approvals show`` and passed on in ``Decision.subject``.
+
+    Keyword Args:
         key: names this waitpoint within the workflow (e.g. ``"editor-review"``).
         timeout: seconds, or ``"30s"``/``"15m"``/``"1h"``/``"2d"``/``"1w"`` (at most ten years); default
             ``HITL_DEFAULT_TIMEOUT`` (one day). Every wait has a deadline.
@@ -75,8 +77,10 @@ def wait_for_approval(self: Any, subject: Any = None, **options: Any) -> Any:
         stages: sequential sign-off, e.g. ``[["legal"], ["finance"]]``.
         any_rejection_rejects: with a quorum, whether one rejection rejects (default).
         forbid_requester: the person who started the run may not decide it.
-        remind_after, remind_every: remind the assignees at ``remind_after`` and every ``remind_every`` after.
-        escalate_after, escalate_to: at ``escalate_after``, add ``escalate_to`` to the assignees and notify them.
+        remind_after: remind the assignees this long after the approval was created (a duration, as ``timeout``).
+        remind_every: and again every this long until it is decided (never after the deadline).
+        escalate_after: this long after creation, add ``escalate_to`` to the assignees and notify them.
+        escalate_to: users or groups who may decide from then on.
         idempotency_key: take the approval created ahead under this key (:func:`hitl.create_approval`).
         decision: a pydantic model class or a JSON Schema dict that an approval's data must satisfy.
 

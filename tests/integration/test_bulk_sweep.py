@@ -82,6 +82,7 @@ def test_a_sweep_of_more_than_a_chunk_records_every_timeout_with_the_ids_it_publ
     with session_scope() as s:  # an earlier timeline row: the sweep's ids must come after it
         earlier = add_event(s, later, EventKind.STEP_FINISHED, "before")
     published: list[events.LiveEvent] = []
+    monkeypatch.setattr(events, "_mode", lambda: "redis")  # publish as with a Redis broker (this one is memory://)
     monkeypatch.setattr(events, "listened_channels", lambda: frozenset({events.INBOX_CHANNEL}))
     monkeypatch.setattr(events, "publish", lambda evs, listened=None: published.extend(evs))
 
