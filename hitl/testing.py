@@ -135,8 +135,9 @@ def harness(home: Path, workflow_modules: list[str] | None = None, **settings: s
     """
     from celery.contrib.testing.worker import start_worker
 
-    from hitl.app import app, reconfigure
+    from hitl import app
     from hitl.infra import db
+    from hitl.infra.celery_app import reconfigure
     from hitl.infra.settings import get_settings
 
     home.mkdir(parents=True, exist_ok=True)
@@ -170,8 +171,8 @@ def harness(home: Path, workflow_modules: list[str] | None = None, **settings: s
 
 
 def _restore(saved: dict[str, str]) -> None:
-    from hitl.app import reconfigure
     from hitl.infra import db
+    from hitl.infra.celery_app import reconfigure
     from hitl.infra.settings import get_settings
 
     for var in [v for v in os.environ if v.startswith("HITL_")]:

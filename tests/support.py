@@ -42,8 +42,8 @@ def point_process_at(env: dict[str, str]) -> None:
     for var in [v for v in os.environ if v.startswith("HITL_")]:
         del os.environ[var]
     os.environ.update(env)
-    from hitl.app import reconfigure
     from hitl.infra import db
+    from hitl.infra.celery_app import reconfigure
     from hitl.infra.settings import get_settings
 
     get_settings.cache_clear()
@@ -77,20 +77,26 @@ class CliResult:
         return json.loads(self.out)
 
 
-def hitl_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
-    """Run the ``hitl`` command as a subprocess, as a user would.
-
-    An ``env`` naming ``HITL_HOME`` is a whole hitl environment (as :func:`base_env` makes): the ``HITL_*``
-    variables this test process holds (a stack another test pointed it at) are not inherited then.
-    """
+def process_env(env: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a hitl subprocess: this process's, with ``env`` on top. An ``env`` naming ``HITL_HOME``
+    is a whole hitl environment (as :func:`base_env` makes): the ``HITL_*`` variables this test process holds (a
+    stack another test pointed it at) are not inherited then."""
     inherited = dict(os.environ)
     if env and "HITL_HOME" in env:
         inherited = {k: v for k, v in inherited.items() if not k.startswith("HITL_")}
+    return {**inherited, **(env or {})}
+
+
+def hitl_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
+    """Run the ``hitl`` command as a subprocess, as a user would.
+
+    ``env`` goes on top of this process's environment (see :func:`process_env`).
+    """
     proc = subprocess.run(
         [sys.executable, "-m", "hitl", *args],
         capture_output=True,
         text=True,
-        env={**inherited, **(env or {})},
+        env=process_env(env),
         timeout=timeout,
         cwd=ROOT,
     )

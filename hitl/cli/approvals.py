@@ -38,10 +38,10 @@ def approvals_list(
     as_json: bool,
 ) -> None:
     """List approvals, oldest first (pending ones by default)."""
-    import hitl
     from hitl.cli.render import approvals_table, console, print_json
+    from hitl.core.views import list_approvals
 
-    rows = hitl.list_approvals(
+    rows = list_approvals(
         status=None if status == "all" else ApprovalStatus(status),
         workflow=workflow,
         run_id=run_id,
@@ -62,10 +62,10 @@ def approvals_list(
 @json_option
 def approvals_show(approval_id: str, as_json: bool) -> None:
     """Show what APPROVAL_ID asks, to whom, by when, and its decision."""
-    import hitl
     from hitl.cli.render import print_json, show_approval
+    from hitl.core.views import get_approval
 
-    view = hitl.get_approval(approval_id)
+    view = get_approval(approval_id)
     print_json(view) if as_json else show_approval(view)
 
 

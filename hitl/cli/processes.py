@@ -30,7 +30,7 @@ def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> Non
 
     Without -Q it consumes every queue: steps and beat jobs ("celery") and notices (HITL_NOTIFY_QUEUE).
     To keep slow notifiers away from steps and deadlines, run `hitl worker -Q celery` and, beside it,
-    `hitl worker -Q hitl.core.notify -P threads -c 4`.
+    `hitl worker -Q hitl.notify -P threads -c 4`.
     """
     _exec_celery("worker", "--concurrency", str(concurrency), "--loglevel", loglevel, "--events", *celery_args)
 

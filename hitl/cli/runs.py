@@ -18,13 +18,11 @@ from hitl.cli.common import CONTEXT, HitlGroup, json_option
 @json_option
 def start(workflow: str, payload: str, idempotency_key: str | None, requester: str | None, as_json: bool) -> None:
     """Start a run of WORKFLOW and print its run id."""
-    import hitl
     from hitl.cli.render import print_json
+    from hitl.core.runs import start
     from hitl.infra.jsonsafe import parse_json
 
-    run_id = hitl.start(
-        workflow, parse_json(payload, "--payload"), idempotency_key=idempotency_key, requester=requester
-    )
+    run_id = start(workflow, parse_json(payload, "--payload"), idempotency_key=idempotency_key, requester=requester)
     if as_json:
         print_json({"run_id": run_id})
     else:
@@ -72,10 +70,10 @@ def runs() -> None:
 @json_option
 def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
-    import hitl
     from hitl.cli.render import console, print_json, runs_table
+    from hitl.core.views import list_runs
 
-    rows = hitl.list_runs(status=RunStatus(status) if status else None, workflow=workflow, limit=limit)
+    rows = list_runs(status=RunStatus(status) if status else None, workflow=workflow, limit=limit)
     if as_json:
         print_json(rows)
     elif rows:
@@ -89,10 +87,10 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
 @json_option
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show RUN_ID: status, result, and its timeline of steps, waits and decisions."""
-    import hitl
     from hitl.cli.render import print_json, show_run
+    from hitl.core.views import get_run
 
-    view = hitl.get_run(run_id)
+    view = get_run(run_id)
     print_json(view) if as_json else show_run(view)
 
 
@@ -103,10 +101,10 @@ def runs_show(run_id: str, as_json: bool) -> None:
 @json_option
 def runs_cancel(run_id: str, actor: str, reason: str | None, as_json: bool) -> None:
     """Cancel RUN_ID and its pending approvals (deciding them afterwards is an error)."""
-    import hitl
     from hitl.cli.render import print_json
+    from hitl.core.runs import cancel
 
-    cancelled = hitl.cancel(run_id, actor=actor, reason=reason, channel="cli")
+    cancelled = cancel(run_id, actor=actor, reason=reason, channel="cli")
     if as_json:
         print_json({"run_id": run_id, "status": "cancelled", "cancelled_approvals": cancelled})
     else:

@@ -67,7 +67,7 @@ timezone = "UTC"
 imports = ["hitl.worker", *_settings.workflow_modules]
 
 # Notices go out on their own queue, so a worker consuming only it (`hitl dev` runs one; in production
-# `hitl worker -Q hitl.core.notify`) keeps a slow notifier off the processes that run steps and sweep deadlines.
+# `hitl worker -Q hitl.notify`) keeps a slow notifier off the processes that run steps and sweep deadlines.
 # A worker started without -Q consumes both queues, so notices are delivered with any default setup.
 task_default_queue = "celery"
 task_queues = (Queue("celery"), Queue(_settings.notify_queue))  # type: ignore[no-untyped-call]

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -116,15 +116,30 @@ def get_engine(*, prepare: bool = True) -> Engine:
 
 
 def _prepare(engine: Engine) -> None:
-    from hitl.infra.migrate import check_schema, upgrade
-
     try:
+        if _at_head(engine):  # the usual case: one query, and Alembic is not even imported
+            return
+        from hitl.infra.migrate import check_schema, upgrade
+
         if get_settings().auto_migrate:
             upgrade(engine)
         else:
             check_schema(engine)
     except SQLAlchemyError as exc:
         raise db_error(exc) from exc
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database's ``alembic_version`` says the latest migration (False too when it has no such table)."""
+    from hitl.infra.migrations import HEAD_REVISION
+
+    with engine.connect() as conn:
+        try:
+            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        except (OperationalError, ProgrammingError):  # no table yet (SQLite says OperationalError)
+            conn.rollback()
+            return False
+    return found == [HEAD_REVISION]
 
 
 def reset_engine() -> None:

@@ -179,7 +179,7 @@ def client() -> redis.Redis | None:
     """Return this process's Redis client for live events (:func:`redis_url`), or None without one.
 
     The client is kept per process and per settings object: a fork, or a process re-pointed at another
-    broker (settings reloaded, ``hitl.app.reconfigure``), gets a new one.
+    broker (settings reloaded, ``hitl.infra.celery_app.reconfigure``), gets a new one.
     """
     global _client, _client_for, _down_until, _listened_until
     from hitl.infra.settings import get_settings

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Seconds between anchors of the audit log's chains on beat (hitl.anchor_audit)."
     )
     notify_queue: str = Field(
-        "hitl.core.notify",
+        "hitl.notify",
         min_length=1,
         description="Celery queue of the notification sender; a worker on it alone keeps slow notifiers away"
         " from steps and deadlines (`hitl dev` runs one).",
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         """The database URL in force: ``database_url`` or the embedded SQLite file."""
-        return self.database_url or f"sqlite:///{self.home_dir / 'hitl.infra.db'}"
+        return self.database_url or f"sqlite:///{self.home_dir / 'hitl.db'}"
 
     @property
     def resolved_result_backend(self) -> str:

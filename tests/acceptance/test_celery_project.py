@@ -131,7 +131,7 @@ def test_a_celery_projects_own_tasks_and_celeryconfig_stay_its_own(tmp_path: Pat
             "marker": "the project's own tasks module",
         }
         # hitl's beat schedule names hitl's jobs only: nothing of it looks for a module named `tasks`.
-        show = "from hitl.app import app; print(sorted(e['task'] for e in app.conf.beat_schedule.values()))"
+        show = "from hitl import app; print(sorted(e['task'] for e in app.conf.beat_schedule.values()))"
         jobs = subprocess.run(
             [sys.executable, "-c", show], cwd=project, env=env, capture_output=True, text=True, check=True
         ).stdout

@@ -89,11 +89,15 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_unknown_workflow_is_a_clear_error(tmp_path: Path) -> None:
     res = hitl_cli("start", "no-such-flow", env={"HITL_HOME": str(tmp_path)})
     assert res.code == 1
+    assert res.err.strip() == "error: no workflow named 'no-such-flow' (registered: none)"  # none by default
+    samples = {"HITL_HOME": str(tmp_path), "HITL_WORKFLOW_MODULES": '["hitl.examples"]'}
+    res = hitl_cli("start", "no-such-flow", env=samples)
+    assert res.code == 1
     assert res.err.strip() == "error: no workflow named 'no-such-flow' (registered: content-review, db-change)"
 
 
 def test_read_commands_print_json(tmp_path: Path) -> None:
-    env = {"HITL_HOME": str(tmp_path)}
+    env = {"HITL_HOME": str(tmp_path), "HITL_WORKFLOW_MODULES": '["hitl.examples"]'}
     assert hitl_cli("approvals", "list", "--json", env=env).json() == []
     assert hitl_cli("runs", "list", "--json", env=env).json() == []
     flows = hitl_cli("workflows", "--json", env=env).json()["workflows"]

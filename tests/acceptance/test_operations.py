@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 
 from hitl.infra.migrate import downgrade, head_revision, upgrade
 from tests.pg import PgServer, free_port
-from tests.support import ROOT, CliResult, base_env, hitl_cli, redis_with_password, wait_for
+from tests.support import ROOT, CliResult, base_env, hitl_cli, process_env, redis_with_password, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -53,7 +53,7 @@ class Outputs:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hitl", *args],
-                env={**os.environ, **env},
+                env=process_env(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
@@ -213,7 +213,7 @@ def test_schema_behind_the_code_stops_every_process_with_one_line(home: Path) ->
     for args in (["worker", "-c", "1"], ["beat"], ["serve", "--port", str(free_port())]):
         proc = subprocess.run(
             [sys.executable, "-m", "hitl", *args],
-            env={**os.environ, **env},
+            env=process_env(env),
             capture_output=True,
             text=True,
             timeout=90,
@@ -237,13 +237,13 @@ def test_health_reports_a_schema_that_fell_behind(home: Path) -> None:
     with log.open("wb") as out:
         serve = subprocess.Popen(
             [sys.executable, "-m", "hitl", "serve", "--port", str(port)],
-            env={**os.environ, **env},
+            env=process_env(env),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
         )
-    engine = create_engine(f"sqlite:///{home / 'hitl.infra.db'}")
+    engine = create_engine(f"sqlite:///{home / 'hitl.db'}")
 
     def answer() -> httpx.Response | None:
         try:

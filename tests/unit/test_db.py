@@ -54,7 +54,7 @@ def test_a_missing_table_or_bad_sql_is_not_transient(tmp_path: Path) -> None:
 def test_transient_is_found_through_the_infrastructure_error_it_was_raised_as(
     engine_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = engine_env / "hitl.infra.db"
+    db = engine_env / "hitl.db"
     with session_scope() as s:  # create the file and its schema
         s.execute(text("SELECT 1"))
     monkeypatch.setattr("hitl.infra.db.SQLITE_BUSY_TIMEOUT_MS", 50)
@@ -68,3 +68,10 @@ def test_transient_is_found_through_the_infrastructure_error_it_was_raised_as(
     assert is_transient(caught.value)
     assert not is_transient(InfrastructureError("database error: something else"))
     assert not is_transient(ValueError("not a database error"))
+
+
+def test_head_revision_names_the_latest_migration() -> None:
+    from hitl.infra.migrate import head_revision
+    from hitl.infra.migrations import HEAD_REVISION
+
+    assert head_revision() == HEAD_REVISION  # a new migration without HEAD_REVISION in step fails here

@@ -19,7 +19,7 @@ from hitl.infra.settings import Settings, unknown_variables
         ("amqp://guest:pw@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
         ("sentinel://:pw@s1:26379;sentinel://:pw@s2:26379", "sentinel://:***@s1:26379;sentinel://:***@s2:26379"),
         ("redis+socket:///tmp/hitl/redis.sock", "redis+socket:///tmp/hitl/redis.sock"),
-        ("sqlite:////tmp/hitl.infra.db", "sqlite:////tmp/hitl.infra.db"),
+        ("sqlite:////tmp/hitl.db", "sqlite:////tmp/hitl.db"),
         (None, ""),
     ],
 )
