@@ -166,6 +166,7 @@ def harness(home: Path, workflow_modules: list[str] | None = None, **settings: s
         load_workflows()
         app.loader.import_default_modules()
         db.get_engine()
+        app.control.purge()  # the in-memory queues are the process's: drop what an earlier test left in them
         stack.enter_context(start_worker(app, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30))
         yield Harness(home)
 
