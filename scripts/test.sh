@@ -43,6 +43,6 @@ echo "docs (mkdocs build --strict)..."
 # The reference pages are generated from the code (docstrings, the click group, the settings, the OpenAPI schema):
 # a missing docstring, a broken link or an example file that moved fails here. NO_MKDOCS_2_WARNING: no banner.
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
-# Most tests wait on real processes (worker, beat, redis, PostgreSQL), so three pytest workers overlap the waiting;
+# Most tests wait on real processes (worker, beat, redis, PostgreSQL), so two pytest workers overlap the waiting;
 # a module's tests stay together on one worker (its stack is started once). HITL_TEST_WORKERS=0 runs in-process.
-exec .venv/bin/python -m pytest -n "${HITL_TEST_WORKERS:-3}" --dist loadscope "$@"
+exec .venv/bin/python -m pytest -n "${HITL_TEST_WORKERS:-2}" --dist loadscope "$@"
