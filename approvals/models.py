@@ -1,70 +1,42 @@
-"""SQLAlchemy 2.0 models: runs, approvals (the request), decisions (the response), the run timeline and
+"""SQLAlchemy 2.0 ORM models: runs, approvals (the request), decisions (the response), the run timeline and
 the outbox of messages to dispatch after commit.
 
-Times are timezone-aware UTC (``UtcDateTime`` restores the zone SQLite drops). Statuses are stored as
-their string values and read back as enums.
+Each class maps its Core table of :mod:`approvals.tables` (``__table__``), where the columns, types and indexes
+are defined once; the annotations here type the mapped attributes. Times are timezone-aware UTC; statuses are
+read back as enums.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-)
-from sqlalchemy import Enum as SqlEnum
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, relationship
 
+from approvals import tables
 from approvals.status import ApprovalStatus, EventKind, RunStatus, StepStatus
+from approvals.tables import UtcDateTime, utcnow
 
-
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A ``DateTime(timezone=True)`` that always returns aware UTC datetimes, also on SQLite."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; hitl stores timezone-aware UTC times only")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _status_column(enum: type[RunStatus] | type[ApprovalStatus] | type[EventKind] | type[StepStatus]) -> SqlEnum:
-    """A portable VARCHAR column holding the enum's values (no native ENUM type, no CHECK constraint)."""
-    return SqlEnum(
-        enum,
-        native_enum=False,
-        create_constraint=False,
-        length=32,
-        values_callable=lambda members: [m.value for m in members],
-    )
-
+__all__ = [
+    "ApiKey",
+    "Approval",
+    "AuditRecord",
+    "Base",
+    "Blob",
+    "DecisionRecord",
+    "GroupMember",
+    "Notification",
+    "OutboxMessage",
+    "Run",
+    "RunEvent",
+    "StepRecord",
+    "UsedToken",
+    "UtcDateTime",
+    "Vote",
+    "note_new_events",
+    "utcnow",
+]
 
 #: ``Session.info`` key of the timeline rows a transaction inserted, published live after it commits
 #: (:mod:`hitl.infra.events`). Rows are noted here with :func:`note_new_events` by the functions that insert them
@@ -79,32 +51,28 @@ def note_new_events(session: Session, rows: Sequence[Mapping[Any, Any]]) -> None
 
 
 class Base(DeclarativeBase):
-    """Declarative base of hitl's own tables."""
+    """Declarative base of hitl's own tables (their metadata is :data:`approvals.tables.metadata`)."""
 
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+    metadata = tables.metadata
 
 
 class Run(Base):
     """One execution of a registered workflow."""
 
-    __tablename__ = "hitl_runs"
-    __table_args__ = (  # listings: by status, newest first (hitl.core.views.list_runs)
-        Index("ix_hitl_runs_status_created", "status", "created_at"),
-        Index("ix_hitl_runs_created", "created_at"),
-    )
+    __table__ = tables.runs
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    workflow: Mapped[str] = mapped_column(String(200), index=True)
-    status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    id: Mapped[str]
+    workflow: Mapped[str]
+    status: Mapped[RunStatus]
+    idempotency_key: Mapped[str | None]
     #: Who started the run (the API key's actor, or ``requester=`` of :func:`hitl.start`).
-    requester: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    payload: Mapped[Any] = mapped_column(JSON)
-    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    requester: Mapped[str | None]
+    payload: Mapped[Any]
+    result: Mapped[Any | None]
+    error: Mapped[str | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
 
     approvals: Mapped[list[Approval]] = relationship(back_populates="run", order_by="Approval.created_at")
 
@@ -112,50 +80,44 @@ class Run(Base):
 class Approval(Base):
     """What a person is asked: one waitpoint of a run. The answer lives in :class:`DecisionRecord`."""
 
-    __tablename__ = "hitl_approvals"
-    __table_args__ = (
-        Index("ix_hitl_approvals_status_deadline", "status", "deadline"),
-        Index("ix_hitl_approvals_status_reminder", "status", "next_reminder_at"),
-        Index("ix_hitl_approvals_status_escalate", "status", "escalate_at"),
-        Index("ix_hitl_approvals_status_created", "status", "created_at", "id"),  # the inbox, oldest first
-    )
+    __table__ = tables.approvals
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str]
     #: None for an approval created ahead (lookback) until a wait step claims it.
-    run_id: Mapped[str | None] = mapped_column(ForeignKey("hitl_runs.id"), index=True, nullable=True)
-    key: Mapped[str] = mapped_column(String(200))
-    status: Mapped[ApprovalStatus] = mapped_column(_status_column(ApprovalStatus))
+    run_id: Mapped[str | None]
+    key: Mapped[str]
+    status: Mapped[ApprovalStatus]
     #: The task id of the wait step that created or claimed this row; a redelivered wait finds its row by it.
-    step_task_id: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    step_task_id: Mapped[str | None]
     #: Caller-chosen key of an approval created ahead (lookback); the wait step with the same key takes it.
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    idempotency_key: Mapped[str | None]
     #: What is to be reviewed: the result of the step before the wait.
-    subject: Mapped[Any] = mapped_column(JSON)
-    assignees: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    deadline: Mapped[datetime] = mapped_column()
+    subject: Mapped[Any]
+    assignees: Mapped[list[Any]]
+    deadline: Mapped[datetime]
     #: The rest of the chain, as Celery signature dicts in run order.
-    continuation: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    on_reject: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    on_timeout: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    continuation: Mapped[list[Any]]
+    on_reject: Mapped[list[Any] | None]
+    on_timeout: Mapped[list[Any] | None]
     #: Outcome applied at the deadline instead of ``timed_out`` ("approved" or "rejected"), if declared.
-    timeout_default: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    timeout_default: Mapped[str | None]
     #: The JSON Schema a decision's data must satisfy, and the pydantic model it came from ("module:Name").
-    decision_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    decision_schema: Mapped[dict[str, Any] | None]
     #: The approval policy declared by the wait (quorum, stages, requester rule, reminders, escalation).
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    policy: Mapped[dict[str, Any]]
     #: Who asked (the run's requester); with ``forbid_requester`` they may not decide.
-    requester: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    requester: Mapped[str | None]
     #: Index of the current sign-off stage (sequential sign-off); 0 when there is one stage.
-    stage: Mapped[int] = mapped_column(Integer, default=0)
+    stage: Mapped[int]
     #: When the next reminder is due (None: no more reminders); the reminder sweep walks this column.
-    next_reminder_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    next_reminder_at: Mapped[datetime | None]
+    reminders_sent: Mapped[int]
     #: When the approval is due to be escalated (None: never); the reminder sweep walks this column too.
-    escalate_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    escalate_at: Mapped[datetime | None]
     #: When the approval was escalated (None: not yet, or never).
-    escalated_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    escalated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
 
     run: Mapped[Run | None] = relationship(back_populates="approvals")
     decision: Mapped[DecisionRecord | None] = relationship(back_populates="approval", uselist=False)
@@ -165,15 +127,15 @@ class Approval(Base):
 class DecisionRecord(Base):
     """What was answered, by whom and when: the response to one :class:`Approval`."""
 
-    __tablename__ = "hitl_decisions"
+    __table__ = tables.decisions
 
-    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), primary_key=True)
-    outcome: Mapped[str] = mapped_column(String(16))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    actor: Mapped[str] = mapped_column(String(200))
-    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    channel: Mapped[str] = mapped_column(String(16))
-    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approval_id: Mapped[str]
+    outcome: Mapped[str]
+    data: Mapped[dict[str, Any]]
+    actor: Mapped[str]
+    comment: Mapped[str | None]
+    channel: Mapped[str]
+    decided_at: Mapped[datetime]
 
     approval: Mapped[Approval] = relationship(back_populates="decision")
 
@@ -186,33 +148,33 @@ class StepRecord(Base):
     retries of the delivery that finished.
     """
 
-    __tablename__ = "hitl_steps"
+    __table__ = tables.steps
 
-    task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[StepStatus] = mapped_column(_status_column(StepStatus))
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
-    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    task_id: Mapped[str]
+    run_id: Mapped[str]
+    name: Mapped[str]
+    status: Mapped[StepStatus]
+    attempt: Mapped[int]
+    result: Mapped[Any | None]
     #: The task id of the message this step's completion put in the outbox (the next link, or a replacement).
-    next_task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    next_task_id: Mapped[str | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
 
 
 class RunEvent(Base):
     """One entry of a run's timeline, append-only."""
 
-    __tablename__ = "hitl_run_events"
+    __table__ = tables.run_events
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
-    kind: Mapped[EventKind] = mapped_column(_status_column(EventKind))
-    name: Mapped[str] = mapped_column(String(200), default="")
-    task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    id: Mapped[int]
+    run_id: Mapped[str]
+    kind: Mapped[EventKind]
+    name: Mapped[str]
+    task_id: Mapped[str | None]
+    detail: Mapped[dict[str, Any]]
+    started_at: Mapped[datetime | None]
+    at: Mapped[datetime]
 
 
 class OutboxMessage(Base):
@@ -222,22 +184,21 @@ class OutboxMessage(Base):
     relay otherwise. ``task_id`` is deterministic so the receiving step can tell a second delivery.
     """
 
-    __tablename__ = "hitl_outbox"
-    __table_args__ = (Index("ix_hitl_outbox_undelivered", "delivered_at", "sent_at"),)
+    __table__ = tables.outbox
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("hitl_runs.id"), index=True)
-    task_id: Mapped[str] = mapped_column(String(255), unique=True)
+    id: Mapped[int]
+    run_id: Mapped[str]
+    task_id: Mapped[str]
     #: A Celery signature dict (a task or a chain) to apply.
-    signature: Mapped[dict[str, Any]] = mapped_column(JSON)
+    signature: Mapped[dict[str, Any]]
     #: Positional arguments prepended when it is applied (the decision, for a continuation).
-    args: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    args: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
     #: Re-sends: how often the relay published the row again after it had been sent. A publish that failed
     #: (broker down) and the relay's first publish of an unsent row do not count; the re-send backoff does.
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int]
 
 
 class ApiKey(Base):
@@ -247,54 +208,53 @@ class ApiKey(Base):
     as hard as guessing the key itself.
     """
 
-    __tablename__ = "hitl_api_keys"
+    __table__ = tables.api_keys
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str]
     #: Who acts with this key: recorded as the decider of the decisions made with it.
-    actor: Mapped[str] = mapped_column(String(200))
+    actor: Mapped[str]
     #: What the key may do (see :class:`approvals.status.Scope`).
-    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    note: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    scopes: Mapped[list[Any]]
+    key_hash: Mapped[str]
+    note: Mapped[str]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
 
 
 class UsedToken(Base):
     """The nonce of a single-use signed link, written in the transaction of the decision it made."""
 
-    __tablename__ = "hitl_used_tokens"
+    __table__ = tables.used_tokens
 
-    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
-    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    nonce: Mapped[str]
+    approval_id: Mapped[str]
+    actor: Mapped[str]
+    used_at: Mapped[datetime]
 
 
 class Vote(Base):
     """One person's vote on an approval that needs more than one (quorum, sequential sign-off)."""
 
-    __tablename__ = "hitl_votes"
-    __table_args__ = (UniqueConstraint("approval_id", "stage", "actor", name="uq_hitl_votes_one_per_person"),)
+    __table__ = tables.votes
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
-    stage: Mapped[int] = mapped_column(Integer, default=0)
-    actor: Mapped[str] = mapped_column(String(200))
-    outcome: Mapped[str] = mapped_column(String(16))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    channel: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    id: Mapped[int]
+    approval_id: Mapped[str]
+    stage: Mapped[int]
+    actor: Mapped[str]
+    outcome: Mapped[str]
+    data: Mapped[dict[str, Any]]
+    comment: Mapped[str | None]
+    channel: Mapped[str]
+    at: Mapped[datetime]
 
 
 class GroupMember(Base):
     """Membership of a user in an approver group (groups may also come from ``HITL_GROUPS``)."""
 
-    __tablename__ = "hitl_group_members"
+    __table__ = tables.group_members
 
-    group: Mapped[str] = mapped_column(String(200), primary_key=True)
-    member: Mapped[str] = mapped_column(String(200), primary_key=True)
+    group: Mapped[str]
+    member: Mapped[str]
 
 
 class Notification(Base):
@@ -303,23 +263,19 @@ class Notification(Base):
     ``(approval_id, kind, seq)`` is unique, so a duplicate beat tick cannot write the same notice twice.
     """
 
-    __tablename__ = "hitl_notifications"
-    __table_args__ = (
-        UniqueConstraint("approval_id", "kind", "seq", name="uq_hitl_notifications_once"),
-        Index("ix_hitl_notifications_unsent", "sent_at", "next_attempt_at"),
-    )
+    __table__ = tables.notifications
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    approval_id: Mapped[str] = mapped_column(ForeignKey("hitl_approvals.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    seq: Mapped[int] = mapped_column(Integer, default=0)
-    recipients: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    id: Mapped[int]
+    approval_id: Mapped[str]
+    kind: Mapped[str]
+    seq: Mapped[int]
+    recipients: Mapped[list[Any]]
+    detail: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int]
+    last_error: Mapped[str | None]
 
 
 class AuditRecord(Base):
@@ -330,32 +286,31 @@ class AuditRecord(Base):
     deleting an entry breaks its chain (``hitl audit verify``).
     """
 
-    __tablename__ = "hitl_audit"
-    __table_args__ = (Index("ix_hitl_audit_chain_id", "chain", "id"),)  # a chain's head, and verify's walk
+    __table__ = tables.audit
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-    actor: Mapped[str] = mapped_column(String(200))
-    channel: Mapped[str] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(32))
-    approval_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
-    run_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
-    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    accepted: Mapped[bool] = mapped_column(Boolean)
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    payload_hash: Mapped[str] = mapped_column(String(64))
-    chain: Mapped[str] = mapped_column(String(64))
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    id: Mapped[int]
+    at: Mapped[datetime]
+    actor: Mapped[str]
+    channel: Mapped[str]
+    action: Mapped[str]
+    approval_id: Mapped[str | None]
+    run_id: Mapped[str | None]
+    outcome: Mapped[str | None]
+    accepted: Mapped[bool]
+    reason: Mapped[str | None]
+    comment: Mapped[str | None]
+    payload_hash: Mapped[str]
+    chain: Mapped[str]
+    prev_hash: Mapped[str]
+    hash: Mapped[str]
 
 
 class Blob(Base):
     """A large input stored once, by the SHA-256 of its JSON, and passed by reference."""
 
-    __tablename__ = "hitl_blobs"
+    __table__ = tables.blobs
 
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    data: Mapped[Any] = mapped_column(JSON)
-    size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sha256: Mapped[str]
+    data: Mapped[Any]
+    size: Mapped[int]
+    created_at: Mapped[datetime]

@@ -11,12 +11,10 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, Update, bindparam, event, func, insert, select, text, update
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import CursorResult, Update, bindparam, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
+from approvals import tables
 from approvals.errors import (
     AlreadyDecided,
     ApprovalCancelled,
@@ -25,44 +23,15 @@ from approvals.errors import (
     HitlError,
     InvalidTransition,
 )
-from approvals.models import Approval, Run, RunEvent, note_new_events, utcnow
+from approvals.models import Approval, note_new_events, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus, approval_sources, run_sources
+from approvals.tables import not_indexed
 
 # The statements below are Core statements on the tables: one UPDATE each, without the ORM's bookkeeping
 # (no session object is kept in step with them; callers read rows after, not before, a transition).
-_RUNS = cast(Table, Run.__table__)
-_APPROVALS = cast(Table, Approval.__table__)
-_EVENTS = cast(Table, RunEvent.__table__)
-
-
-class not_indexed(FunctionElement[Any]):
-    """``not_indexed(column)`` is ``column``, except that SQLite gets ``+column``: a term SQLite's query planner
-    may not use an index for (https://sqlite.org/optoverview.html, "Disqualifying WHERE clause terms using
-    unary-+"). Other databases get the column unchanged.
-
-    Without statistics (hitl does not run ``ANALYZE``) SQLite takes an equality on the first column of any index
-    as selective. ``id IN (...) AND status IN (...)`` on 1,000,000 waiting runs then walked the ``status``
-    index instead of the primary key: 3.0 to 3.2 of the 5.2 to 5.6 s of a 10,000-approval sweep.
-    ``run_id = ? AND status = 'pending'`` among 1,000,000 pending approvals took 1.1 s instead of 0.2 ms.
-    Wrap ``status`` in such statements, where another term (an id) picks the rows.
-    """
-
-    inherit_cache = True
-    name = "not_indexed"
-
-    def __init__(self, column: Any) -> None:
-        super().__init__(column)
-        self.type = next(iter(self.clauses)).type
-
-
-@compiles(not_indexed)
-def _render_column(element: not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.process(element.clauses, **kw)
-
-
-@compiles(not_indexed, "sqlite")
-def _render_unary_plus(element: not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
-    return "+" + compiler.process(element.clauses, **kw)
+_RUNS = tables.runs
+_APPROVALS = tables.approvals
+_EVENTS = tables.run_events
 
 
 def rowcount(result: Any) -> int:

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from approvals.errors import InfrastructureError
 from approvals.models import Approval, AuditRecord, utcnow
-from approvals.transitions import not_indexed
+from approvals.tables import not_indexed
 from hitl.core.audit_chains import (
     ANCHOR_CHAIN,
     GENESIS,

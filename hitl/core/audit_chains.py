@@ -34,15 +34,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from approvals.models import Approval, AuditRecord, Run
+from approvals import tables
+from approvals.models import Approval, Run
 from approvals.transitions import CHUNK, locked_runs
 
-TABLE = cast(Table, AuditRecord.__table__)
+TABLE = tables.audit
 
 #: ``prev_hash`` of the first entry of a chain.
 GENESIS = "0" * 64

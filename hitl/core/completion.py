@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from approvals import tables
 from approvals.errors import AlreadyDecided, ApprovalNotFound, DomainError, InvalidDecision, LinkUsed, NotAllowed
-from approvals.models import Approval, DecisionRecord, OutboxMessage, UsedToken, Vote, utcnow
+from approvals.models import Approval, OutboxMessage, UsedToken, Vote, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, validate_decision_data
 from approvals.schemas import ApprovalPolicy, Decision, Outcome, VoteView
 from approvals.status import ApprovalStatus, EventKind, RunStatus
@@ -46,7 +47,7 @@ from hitl.infra.db import read_session, session_scope
 from hitl.infra.jsonsafe import check_size
 
 #: The decision row, by a Core INSERT (no ORM unit of work on the decision path).
-_INSERT_DECISION = insert(cast(Table, DecisionRecord.__table__))
+_INSERT_DECISION = insert(tables.decisions)
 _ADMIT_COLUMNS = select(Approval.policy, Approval.requester, Approval.assignees, Approval.status, Approval.stage).where(
     Approval.id == bindparam("approval_id")
 )

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from approvals.models import Approval, DecisionRecord, OutboxMessage, utcnow
+from approvals import tables
+from approvals.models import Approval, OutboxMessage, utcnow
 from approvals.policy import FAIL_DEFAULT, continuation_for, default_data, timeout_outcome
 from approvals.schemas import Outcome
 from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import CHUNK, end_runs, insert_events, move_runs, not_indexed
+from approvals.tables import not_indexed
+from approvals.transitions import CHUNK, end_runs, insert_events, move_runs
 from hitl.core import audit, joins
 from hitl.core.resume import (
     DEADLINE_ACTOR,
@@ -34,7 +36,7 @@ from hitl.core.resume import (
 from hitl.delivery import outbox
 from hitl.infra.db import session_scope
 
-_DECISIONS = cast(Table, DecisionRecord.__table__)
+_DECISIONS = tables.decisions
 
 
 def sweep(limit: int = 500) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from approvals import tables
 from approvals.errors import DomainError, InfrastructureError, InvalidTransition, RunNotFound, WorkflowError
 from approvals.models import OutboxMessage, Run, RunEvent
 from approvals.status import EventKind, RunStatus
@@ -25,7 +26,7 @@ from hitl.infra.jsonsafe import check_size, jsonable
 log = logging.getLogger(__name__)
 
 #: A Core INSERT (the ORM's unit of work costs more than the statement itself on this path).
-_INSERT_RUN = insert(cast(Table, Run.__table__))
+_INSERT_RUN = insert(tables.runs)
 
 
 def start(

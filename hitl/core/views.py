@@ -14,7 +14,7 @@ from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
 from approvals.models import Approval, Notification, Run, RunEvent, utcnow
 from approvals.schemas import ApprovalView, DecisionView, EventView, NotificationView, Outcome, RunView, VoteView
 from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
-from approvals.transitions import not_indexed
+from approvals.tables import not_indexed
 from hitl.infra.db import read_session
 from hitl.infra.events import LiveEvent, live_event
 from hitl.infra.settings import get_settings

@@ -7,11 +7,12 @@ the wait's own task, :mod:`hitl.worker.waits`). An approval created ahead under 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from approvals import tables
 from approvals.errors import Stop
 from approvals.models import Approval, OutboxMessage, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus
@@ -22,7 +23,7 @@ from hitl.infra.ids import new_id
 from hitl.infra.jsonsafe import check_size
 
 #: The approval row, by a Core INSERT (the ORM's unit of work costs more than the statement on this path).
-_INSERT_APPROVAL = insert(cast(Table, Approval.__table__))
+_INSERT_APPROVAL = insert(tables.approvals)
 
 __all__ = ["store_waits"]
 

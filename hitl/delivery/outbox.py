@@ -24,15 +24,16 @@ import contextlib
 import logging
 import os
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import Table, and_, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from approvals import tables
 from approvals.errors import BrokerUnavailable
-from approvals.models import OutboxMessage, Run, RunEvent, utcnow
+from approvals.models import OutboxMessage, utcnow
 from approvals.status import RunStatus
 from approvals.transitions import end_run
 from hitl.delivery.canvas import apply_canvas
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Rows published per relay pass.
 RELAY_BATCH = 500
 #: The outbox table, for Core statements (no ORM bookkeeping on the hot path).
-_TABLE = cast(Table, OutboxMessage.__table__)
+_TABLE = tables.outbox
 _INSERT = insert(_TABLE)
 _MARK_DELIVERED = (
     update(_TABLE)
@@ -275,8 +276,8 @@ def replay_stalled(limit: int = 100) -> int:
     if after <= 0:
         return 0
     cutoff = utcnow() - timedelta(seconds=after)
-    runs = cast(Table, Run.__table__)
-    events = cast(Table, RunEvent.__table__)
+    runs = tables.runs
+    events = tables.run_events
     with session_scope() as s:
         stalled = list(
             s.scalars(

@@ -32,15 +32,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from approvals import tables
 from approvals.errors import LostClaim
-from approvals.models import OutboxMessage, Run, StepRecord, utcnow
+from approvals.models import OutboxMessage, utcnow
 from approvals.status import EventKind, RunStatus, StepStatus
 from approvals.transitions import add_event, end_run, move_run
 from hitl.delivery import outbox
@@ -51,8 +52,8 @@ log = logging.getLogger(__name__)
 
 # Tables for the Core statements of the per-step hot path (no ORM unit-of-work bookkeeping), and the
 # statements themselves, built once: SQLAlchemy then reuses their cache keys too.
-_STEPS = cast(Table, StepRecord.__table__)
-_RUNS = cast(Table, Run.__table__)
+_STEPS = tables.steps
+_RUNS = tables.runs
 _CHECK = (
     select(_RUNS.c.status, _STEPS.c.status, _STEPS.c.result, _STEPS.c.next_task_id, _STEPS.c.attempt)
     .select_from(_RUNS.outerjoin(_STEPS, _STEPS.c.task_id == bindparam("task_id")))
