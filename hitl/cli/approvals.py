@@ -38,8 +38,8 @@ def approvals_list(
     as_json: bool,
 ) -> None:
     """List approvals, oldest first (pending ones by default)."""
-    from hitl.cli.render import approvals_table, console, print_json
-    from hitl.core.views import list_approvals
+    from hitl.cli.plain import APPROVAL_COLUMNS, approval_cells, print_json, print_table
+    from hitl.core.listings import list_approvals
 
     rows = list_approvals(
         status=None if status == "all" else ApprovalStatus(status),
@@ -52,7 +52,7 @@ def approvals_list(
     if as_json:
         print_json(rows)
     elif rows:
-        console.print(approvals_table(rows))
+        print_table(APPROVAL_COLUMNS, [approval_cells(r) for r in rows])
     else:
         click.echo(f"no {'' if status == 'all' else status + ' '}approvals")
 

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from approvals.errors import InvalidPayload
 from approvals.status import ApprovalStatus
-from hitl.cli.render import approvals_table, console, show_run
+from hitl.cli.plain import APPROVAL_COLUMNS, approval_cells, print_table
+from hitl.cli.render import console, show_run
 from hitl.core.completion import decide
 from hitl.core.groups import add_member
 from hitl.core.runs import start
@@ -96,7 +97,7 @@ def _drive(plan: list[dict[str, Any]], run_ids: list[str], timeout: float) -> bo
         waiting = {a.run_id for a in pending}
         if not shown and all(r.status.terminal or rid in waiting for rid, r in runs.items()):
             console.print("\n[bold]Pending approvals[/] (hitl approvals list)")
-            console.print(approvals_table(pending))
+            print_table(APPROVAL_COLUMNS, [approval_cells(a.model_dump(mode="json")) for a in pending])
             shown = True
         if shown:
             for a in pending:

@@ -11,6 +11,7 @@ payload that fails its schema).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -33,9 +34,9 @@ def _set_env(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     # Global options are settings: export them so worker and beat children see the same values.
     if value is not None:
         os.environ[f"HITL_{(param.name or '').upper()}"] = str(value)
-        from hitl.infra.settings import get_settings
-
-        get_settings.cache_clear()
+        settings = sys.modules.get("hitl.infra.settings")  # (read already? then read again; else not imported)
+        if settings is not None:
+            settings.get_settings.cache_clear()
     return value
 
 
@@ -79,6 +80,9 @@ def cli() -> None:
       hitl approve APPROVAL_ID --by alice --comment "ok"
       hitl runs show RUN_ID
     """
+    from hitl.infra.env import warn_unknown_variables
+
+    warn_unknown_variables()
 
 
 for command in (

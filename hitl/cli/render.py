@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -13,14 +12,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from approvals.models import utcnow
 from approvals.schemas import ApprovalView, EventView, NotificationView, RunView
+from hitl.cli import plain
+from hitl.cli.plain import ago, short
 
 if TYPE_CHECKING:
     from hitl.core.audit import AuditEntry
 
 #: Wide output when piped (logs, CI), the terminal's width otherwise.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else plain.PIPE_WIDTH)
 
 
 def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
@@ -31,62 +31,7 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
         data = value
     else:
         data = [v.model_dump(mode="json") for v in value]
-    print(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False))
-
-
-def ago(t: datetime | None) -> str:
-    """Return ``t`` as a short relative time (``"12s ago"``, ``"in 3m"``)."""
-    if t is None:
-        return "-"
-    seconds = (t - utcnow()).total_seconds()
-    span = abs(seconds)
-    text = (
-        f"{span:.0f}s"
-        if span < 120
-        else f"{span / 60:.0f}m"
-        if span < 7200
-        else f"{span / 3600:.1f}h"
-        if span < 172800
-        else f"{span / 86400:.0f}d"
-    )
-    return f"in {text}" if seconds > 0 else f"{text} ago"
-
-
-def short(value: Any, width: int = 60) -> str:
-    """Return ``value`` as compact JSON (strings and non-ASCII text as they are), cut to ``width`` characters."""
-    text = (
-        value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
-    )
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def approvals_table(rows: list[ApprovalView]) -> Table:
-    """A table of approvals: id, run, workflow, key, status, assignees, created, deadline."""
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "RUN", "WORKFLOW", "KEY", "STATUS", "ASSIGNEES", "CREATED", "DEADLINE"):
-        table.add_column(col)
-    for a in rows:
-        table.add_row(
-            a.id,
-            a.run_id,
-            a.workflow,
-            a.key,
-            a.status.value,
-            ",".join(a.assignees) or "-",
-            ago(a.created_at),
-            ago(a.deadline) if a.status == "pending" else "-",
-        )
-    return table
-
-
-def runs_table(rows: list[RunView]) -> Table:
-    """A table of runs: id, workflow, status, created, finished."""
-    table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "WORKFLOW", "STATUS", "CREATED", "FINISHED", "IDEMPOTENCY KEY"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.id, r.workflow, r.status.value, ago(r.created_at), ago(r.finished_at), r.idempotency_key or "-")
-    return table
+    plain.print_json(data)
 
 
 def notifications_table(rows: list[NotificationView]) -> Table:

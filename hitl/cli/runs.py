@@ -70,14 +70,14 @@ def runs() -> None:
 @json_option
 def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
-    from hitl.cli.render import console, print_json, runs_table
-    from hitl.core.views import list_runs
+    from hitl.cli.plain import RUN_COLUMNS, print_json, print_table, run_cells
+    from hitl.core.listings import list_runs
 
     rows = list_runs(status=RunStatus(status) if status else None, workflow=workflow, limit=limit)
     if as_json:
         print_json(rows)
     elif rows:
-        console.print(runs_table(rows))
+        print_table(RUN_COLUMNS, [run_cells(r) for r in rows])
     else:
         click.echo("no runs")
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from approvals.errors import ApprovalNotFound, InvalidPayload, RunNotFound
+from approvals.errors import ApprovalNotFound, RunNotFound
 from approvals.models import Approval, Notification, Run, RunEvent, utcnow
 from approvals.schemas import ApprovalView, DecisionView, EventView, NotificationView, Outcome, RunView, VoteView
 from approvals.status import ApprovalStatus, EventKind, NotificationKind, RunStatus
-from approvals.tables import not_indexed
+from hitl.core import listings
 from hitl.infra.db import read_session
 from hitl.infra.events import LiveEvent, live_event
 from hitl.infra.settings import get_settings
@@ -53,7 +51,7 @@ def _approval_view(a: Approval, workflow: str | None) -> ApprovalView:
 
 
 #: The largest age filter accepted (100 years, in seconds); beyond it dates overflow.
-MAX_AGE_SECONDS = 100 * 365 * 86400
+MAX_AGE_SECONDS = listings.MAX_AGE_SECONDS
 
 
 def list_approvals(
@@ -66,7 +64,8 @@ def list_approvals(
     assignee: str | None = None,
     after: str | None = None,
 ) -> list[ApprovalView]:
-    """Return approvals, oldest first, filtered by status (None: any), workflow, run, age and assignee.
+    """Return approvals, oldest first, filtered by status (None: any), workflow, run, age and assignee
+    (the rows of :func:`hitl.core.listings.list_approvals`, as views).
 
     Args:
         older_than: only approvals created at least this many seconds ago.
@@ -74,48 +73,15 @@ def list_approvals(
         after: a cursor (:func:`approval_cursor` of the last item of the previous page): the page after it.
 
     Raises:
-        InvalidPayload: ``after`` is not a cursor this function made.
+        InvalidPayload: ``older_than`` is out of range, or ``after`` is not a cursor this function made.
     """
-    stmt = (
-        select(Approval, Run.workflow)
-        .outerjoin(Run, Run.id == Approval.run_id)
-        .options(selectinload(Approval.decision), selectinload(Approval.votes))
-        .order_by(Approval.created_at, Approval.id)
-        .limit(limit)
-    )
-    if status is not None:  # (picked by run id if one is given, not by walking the status index: not_indexed)
-        stmt = stmt.where((not_indexed(Approval.status) if run_id else Approval.status) == status)
-    if workflow:
-        stmt = stmt.where(Run.workflow == workflow)
-    if run_id:
-        stmt = stmt.where(Approval.run_id == run_id)
-    if older_than is not None:
-        if not 0 <= older_than <= MAX_AGE_SECONDS:
-            raise InvalidPayload(f"older_than must be between 0 and {MAX_AGE_SECONDS} seconds")
-        stmt = stmt.where(Approval.created_at <= utcnow() - timedelta(seconds=older_than))
-    if assignee:
-        # Assignees are a JSON list; match the quoted name in its text form (portable across databases).
-        stmt = stmt.where(cast(Approval.assignees, String).contains(json.dumps(assignee), autoescape=True))
-    if after:
-        created, last_id = _parse_cursor(after)
-        stmt = stmt.where(
-            or_(Approval.created_at > created, and_(Approval.created_at == created, Approval.id > last_id))
-        )
-    with read_session() as s:
-        return [_approval_view(a, wf) for a, wf in s.execute(stmt)]
+    rows = listings.list_approvals(status, workflow, run_id, older_than, limit, assignee=assignee, after=after)
+    return [ApprovalView.model_validate(r) for r in rows]
 
 
 def approval_cursor(view: ApprovalView) -> str:
     """Return the opaque cursor of ``view`` for :func:`list_approvals`'s ``after`` (keyset pagination)."""
-    return base64.urlsafe_b64encode(json.dumps([view.created_at.isoformat(), view.id]).encode()).decode()
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(last_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidPayload(f"not a page cursor: {cursor[:40]!r}") from exc
+    return listings.approval_cursor(view.created_at, view.id)
 
 
 def events_after(run_id: str | None, after_id: int, kinds: frozenset[EventKind] | None = None) -> list[LiveEvent]:
@@ -180,14 +146,9 @@ def _run_view(s: Session, run: Run, *, full: bool) -> RunView:
 
 
 def list_runs(status: RunStatus | None = None, workflow: str | None = None, limit: int = 100) -> list[RunView]:
-    """Return runs, newest first, filtered by status and workflow (without approvals or timeline)."""
-    stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
-    if status is not None:
-        stmt = stmt.where(Run.status == status)
-    if workflow:
-        stmt = stmt.where(Run.workflow == workflow)
-    with read_session() as s:
-        return [_run_view(s, r, full=False) for r in s.scalars(stmt)]
+    """Return runs, newest first, filtered by status and workflow (without approvals or timeline; the rows of
+    :func:`hitl.core.listings.list_runs`, as views)."""
+    return [RunView.model_validate(r) for r in listings.list_runs(status, workflow, limit)]
 
 
 def get_run(run_id: str) -> RunView:

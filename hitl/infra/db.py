@@ -3,6 +3,10 @@
 The engine is created lazily and re-created in a child after ``fork`` (a prefork worker never shares a
 connection pool with its parent). SQLite runs in WAL mode with a busy timeout, so a worker, beat and the
 CLI can write the same file; PostgreSQL connections are checked with ``pool_pre_ping``.
+
+The engine, the schema check and Core reads (:func:`read_scope`) import neither the ORM nor pydantic: a short
+command such as ``hitl approvals list`` pays for SQLAlchemy Core alone. The ORM's session factories, with the
+live-event hooks on them (:mod:`hitl.infra.events`), are made on the first session.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.errors import DatabaseUnavailable, InfrastructureError
-from hitl.infra import events
-from hitl.infra.settings import get_settings
+from hitl.infra import env
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 #: SQLite waits this long (ms) for a lock held by another process before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -103,11 +108,10 @@ def get_engine(*, prepare: bool = True) -> Engine:
     if _engine is None or _pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
-        _engine = make_engine(get_settings().resolved_database_url)
-        _factory = sessionmaker(_engine, expire_on_commit=False)
-        _read_engine = _engine.execution_options(**{READ_ONLY: True})
-        _read_factory = sessionmaker(_read_engine, expire_on_commit=False)
-        events.install(_factory)
+        engine = make_engine(env.database_url())
+        _factory = _read_factory = None
+        _read_engine = engine.execution_options(**{READ_ONLY: True})
+        _engine = engine
         _pid = os.getpid()
     if prepare and not _prepared:
         _prepare(_engine)
@@ -121,7 +125,7 @@ def _prepare(engine: Engine) -> None:
             return
         from hitl.infra.migrate import check_schema, upgrade
 
-        if get_settings().auto_migrate:
+        if env.auto_migrate():
             upgrade(engine)
         else:
             check_schema(engine)
@@ -187,7 +191,7 @@ def db_error(exc: SQLAlchemyError) -> InfrastructureError:
 
     orig = getattr(exc, "orig", None)
     if (isinstance(exc, OperationalError | InterfaceError) and exc.statement is None) or isinstance(exc, PoolTimeout):
-        url = mask_url(get_settings().resolved_database_url)
+        url = mask_url(env.database_url())
         cause = scrub(one_line(str(orig if orig is not None else exc))) or type(exc).__name__
         return DatabaseUnavailable(f"database unreachable at {url}: {cause}")
     text = str(orig) if orig is not None else str(exc).split("\n", 1)[0]
@@ -237,12 +241,32 @@ def session_scope() -> Iterator[Session]:
         yield session
 
 
+def _session_factory(*, read_only: bool) -> sessionmaker[Session]:
+    """This process's ORM session factory (for writes, or for reads only), made on first use.
+
+    The live-event hooks are installed on the write factory before it is published, so no thread ever takes a
+    session whose commits would not be published.
+    """
+    global _factory, _read_factory
+    get_engine()
+    if _factory is None:
+        from sqlalchemy.orm import sessionmaker
+
+        from hitl.infra import events
+
+        assert _engine is not None and _read_engine is not None
+        writer = sessionmaker(_engine, expire_on_commit=False)
+        events.install(writer)
+        _read_factory = sessionmaker(_read_engine, expire_on_commit=False)
+        _factory = writer
+    chosen = _read_factory if read_only else _factory
+    assert chosen is not None
+    return chosen
+
+
 @contextmanager
 def _scope(*, read_only: bool) -> Iterator[Session]:
-    get_engine()
-    factory = _read_factory if read_only else _factory
-    assert factory is not None
-    session = factory()
+    session = _session_factory(read_only=read_only)()
     try:
         yield session
         if not read_only:

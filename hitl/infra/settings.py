@@ -5,12 +5,8 @@
 
 from __future__ import annotations
 
-import difflib
-import logging
 import os
 import secrets
-import sys
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -19,28 +15,19 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from approvals.errors import InvalidSettings
+from hitl.infra.env import KNOWN_VARIABLES, warn_unknown_variables
 
 #: A wait declared without a timeout gets this deadline (seconds): one day. Never "forever": a wait whose
 #: run was forgotten would otherwise stay pending for good (the orphaned-wait trap of hosted tools).
 DEFAULT_WAIT_TIMEOUT_SECONDS = 24 * 3600
 #: URL schemes of a Redis server (kombu's and redis-py's spellings).
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
-#: ``HITL_*`` variables that are not settings but are read elsewhere: by CLI options (``HITL_ACTOR``,
-#: ``HITL_API_HOST``, ``HITL_API_PORT``, ``HITL_API_WORKERS``), for tracebacks (``HITL_DEBUG``), and by the
-#: tests and benchmarks.
-OTHER_VARIABLES = frozenset(
-    {"HITL_ACTOR", "HITL_API_HOST", "HITL_API_PORT", "HITL_API_WORKERS", "HITL_DEBUG"}
-    | {"HITL_TEST_CHROMIUM", "HITL_TEST_WORKERS"}
-    | {"HITL_BENCH_DBOS_PYTHON"}
-)
-log = logging.getLogger(__name__)
-_warned: set[str] = set()
 
 
 class Settings(BaseSettings):
     """Every setting, with its ``HITL_`` environment variable (``home`` is ``HITL_HOME`` and so on)."""
 
-    model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore", allow_inf_nan=False)
 
     home: Path = Field(Path(".hitl"), description="Folder of the embedded SQLite file, broker and beat state.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in HITL_HOME.")
@@ -231,31 +218,5 @@ def get_settings() -> Settings:
 
 
 def known_variables() -> frozenset[str]:
-    """Every ``HITL_*`` variable hitl reads: one per setting, and :data:`OTHER_VARIABLES`."""
-    return frozenset(f"HITL_{name.upper()}" for name in Settings.model_fields) | OTHER_VARIABLES
-
-
-def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
-    """Return the ``HITL_*`` names in ``environ`` that hitl does not read, each with the closest real name
-    (``difflib.get_close_matches`` with a cutoff of 0.8: a typo, not any other name) or None, sorted by name."""
-    known = known_variables()
-    return [
-        (name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None))
-        for name in sorted(environ)
-        if name.upper().startswith("HITL_") and name.upper() not in known
-    ]
-
-
-def warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    """Warn once per process about each ``HITL_*`` variable in ``environ`` that hitl does not read (a misspelt
-    setting is otherwise silently ignored): through logging once it is configured (a worker's log), else on
-    stderr as ``warning: ...``."""
-    for name, match in unknown_variables(environ):
-        if name in _warned:
-            continue
-        _warned.add(name)
-        message = f"{name} is not a hitl setting and is ignored" + (f" (did you mean {match}?)" if match else "")
-        if logging.getLogger().handlers:
-            log.warning(message)
-        else:
-            sys.stderr.write(f"warning: {message}\n")
+    """Every ``HITL_*`` variable hitl reads: one per setting, and :data:`hitl.infra.env.OTHER_VARIABLES`."""
+    return KNOWN_VARIABLES

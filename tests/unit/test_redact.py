@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from hitl.infra.env import unknown_variables
 from hitl.infra.redact import mask_url, scrub
-from hitl.infra.settings import Settings, unknown_variables
+from hitl.infra.settings import Settings
 
 
 @pytest.mark.parametrize(
