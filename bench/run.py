@@ -245,7 +245,7 @@ def latency(db: str, n: int, rate: float) -> list[Row]:
     wait_until(lambda: _redis().llen(LATENCY_KEY) >= n)
     mine = collected()
     rows = []
-    for name, q, slack, limit in (("p50", 0.5, 1.0, 5.0), ("p99", 0.99, 5.0, 20.0)):
+    for name, q, slack in (("p50", 0.5, 2.0), ("p99", 0.99, 6.0)):  # issue 15's targets
         b, v = _percentile(base, q) * 1000, _percentile(mine, q) * 1000
         rows.append(
             figure(
@@ -254,8 +254,8 @@ def latency(db: str, n: int, rate: float) -> list[Row]:
                 b,
                 v,
                 "ms",
-                f"<= +{slack:.0f} ms, <= {limit:.0f} ms",
-                v - b <= slack and v <= limit,
+                f"<= baseline +{slack:.0f} ms",
+                v - b <= slack,
                 higher_is_better=False,
             )
         )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from hitl.cli.common import CONTEXT
+from hitl.cli.common import CONTEXT, Seconds
 
 
 def _exec_celery(*args: str) -> None:
@@ -144,7 +144,13 @@ def serve(host: str, port: int, log_level: str, workers: int) -> None:
 
 
 @click.command()
-@click.option("--timeout", type=click.FloatRange(min=10), default=120.0, help="Give up after this many seconds.")
+@click.option(
+    "--timeout",
+    type=Seconds(10, 86400),
+    default=120.0,
+    show_default=True,
+    help="Give up after this many seconds (10 to 86400).",
+)
 @click.option(
     "--examples",
     type=click.Path(exists=True, file_okay=False),

@@ -28,7 +28,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import and_, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from approvals import tables
@@ -208,17 +208,19 @@ def republish_undelivered(task_id: str) -> int:
 REDELIVER_BACKOFF_MAX = 5
 
 
-def _redelivery_due(now: datetime) -> Any:
-    """SQL condition: the row was sent and is due for a re-send (see :data:`REDELIVER_BACKOFF_MAX`)."""
-    after = get_settings().redeliver_after
+def _backed_off(attempts: Any, since: Any, now: datetime, after: float) -> Any:
+    """SQL condition: ``since`` (a time column) is at least ``after`` * 2**``attempts`` seconds before ``now``,
+    the exponent capped at :data:`REDELIVER_BACKOFF_MAX`."""
     top = REDELIVER_BACKOFF_MAX
     return or_(
-        *(
-            and_(OutboxMessage.attempts == k, OutboxMessage.sent_at <= now - timedelta(seconds=after * 2**k))
-            for k in range(top)
-        ),
-        and_(OutboxMessage.attempts >= top, OutboxMessage.sent_at <= now - timedelta(seconds=after * 2**top)),
+        *(and_(attempts == k, since <= now - timedelta(seconds=after * 2**k)) for k in range(top)),
+        and_(attempts >= top, since <= now - timedelta(seconds=after * 2**top)),
     )
+
+
+def _redelivery_due(now: datetime) -> Any:
+    """SQL condition: the row was sent and is due for a re-send (see :data:`REDELIVER_BACKOFF_MAX`)."""
+    return _backed_off(OutboxMessage.attempts, OutboxMessage.sent_at, now, get_settings().redeliver_after)
 
 
 def relay(grace_seconds: float | None = None) -> int:
@@ -269,39 +271,48 @@ def replay_stalled(limit: int = 100) -> int:
     ``pending`` or ``running`` with nothing on its way. Replaying the run's latest message from hitl (its start,
     or the continuation of its latest decision) is safe by the guarantees in force: journaled steps that already
     finished return their stored results without running again, a wait already stored is not stored twice, and a
-    plain task runs at least once. The run's ``updated_at`` is touched, so a run is replayed at most once per
-    period. Returns how many runs were replayed.
+    plain task runs at least once.
+
+    Replays back off as re-sends do (:data:`REDELIVER_BACKOFF_MAX`): after its k-th replay a run is replayed
+    again only after ``HITL_STALL_AFTER`` times 2**k seconds without progress. A run of plain tasks queued
+    behind a backlog looks stalled too, and replaying it every period would add the backlog to itself (seen
+    under a kill -9 storm on 2 cores: 1,352 plain-task re-runs for 100 runs, the queue never drained). The
+    run's ``updated_at`` is touched and its latest row's ``attempts`` raised in one transaction, so a
+    concurrent relay does not replay it too. Returns how many runs were replayed.
     """
     after = get_settings().stall_after
     if after <= 0:
         return 0
-    cutoff = utcnow() - timedelta(seconds=after)
-    runs = tables.runs
-    events = tables.run_events
+    now = utcnow()
+    cutoff = now - timedelta(seconds=after)
+    runs, events, rows_t = tables.runs, tables.run_events, tables.outbox
+    latest = rows_t.alias("latest")
+    due = _backed_off(latest.c.attempts, runs.c.updated_at, now, after)  # replayed k times: quiet after * 2**k
+    active = runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING])
+    latest_id = select(func.max(rows_t.c.id)).where(rows_t.c.run_id == runs.c.id).correlate(runs).scalar_subquery()
     with session_scope() as s:
-        stalled = list(
-            s.scalars(
-                select(runs.c.id)
-                .where(runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]), runs.c.updated_at <= cutoff)
-                .where(~select(events.c.id).where(events.c.run_id == runs.c.id, events.c.at > cutoff).exists())
-                .limit(limit)
-            )
-        )
-        rows: list[OutboxMessage] = []
-        for run_id in stalled:
+        stalled = s.execute(
+            select(runs.c.id, latest.c.id)
+            .select_from(runs)
+            .join(latest, latest.c.id == latest_id)
+            .where(active, runs.c.updated_at <= cutoff, due)
+            .where(~select(events.c.id).where(events.c.run_id == runs.c.id, events.c.at > cutoff).exists())
+            .limit(limit)
+        ).all()
+        replayed = []
+        for run_id, row_id in stalled:  # claim each: a concurrent relay's update then matches nothing
             touched = s.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]))
-                .where(runs.c.updated_at <= cutoff)
-                .values(updated_at=utcnow())
+                update(runs).where(runs.c.id == run_id, active, runs.c.updated_at <= cutoff).values(updated_at=now)
             )
-            latest = s.scalar(
-                select(OutboxMessage).where(OutboxMessage.run_id == run_id).order_by(OutboxMessage.id.desc()).limit(1)
-            )
-            if getattr(touched, "rowcount", 0) == 1 and latest is not None:
-                rows.append(latest)
+            if getattr(touched, "rowcount", 0) == 1:
+                replayed.append(row_id)
+        rows: list[OutboxMessage] = []
+        if replayed:
+            s.execute(update(rows_t).where(rows_t.c.id.in_(replayed)).values(attempts=rows_t.c.attempts + 1))
+            rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(replayed))))
     for row in rows:
-        log.warning("run %s made no progress for %.0f s: sending %s again", row.run_id, after, row.task_id)
+        quiet = after * 2 ** min(row.attempts - 1, REDELIVER_BACKOFF_MAX)  # the backoff this replay waited
+        log.warning("run %s made no progress for %.0f s: sending %s again", row.run_id, quiet, row.task_id)
     return publish(rows)
 
 

@@ -12,6 +12,8 @@ results are rows in hitl's database; Celery's result backend holds only what cho
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu.entity import Queue
 
 from hitl.infra.broker import broker_url as _broker_url
@@ -74,10 +76,23 @@ task_queues = (Queue("celery"), Queue(_settings.notify_queue))  # type: ignore[n
 task_routes = {"hitl.send_notifications": {"queue": _settings.notify_queue}}
 
 beat_schedule_filename = str(_settings.home_dir / "celerybeat-schedule")
+
+
+def _job(task: str, interval: float) -> dict[str, Any]:
+    """A beat entry every ``interval`` seconds whose message expires after ``max(interval, 60)`` seconds.
+
+    Behind a backlog, beat keeps sending a job each interval; the copies would all run in a row once the queue
+    drains. An expired copy is discarded by the worker unrun (the next one is on its way), so at most 60 s worth
+    of copies run. The 60 s floor keeps a job alive across clock skew between beat's host and a worker's:
+    ``expires`` is an absolute time set by the sender.
+    """
+    return {"task": task, "schedule": interval, "options": {"expires": max(interval, 60.0)}}
+
+
 beat_schedule = {
-    "hitl-sweep-deadlines": {"task": "hitl.sweep_deadlines", "schedule": _settings.sweep_interval},
-    "hitl-relay-outbox": {"task": "hitl.relay_outbox", "schedule": _settings.relay_interval},
-    "hitl-sweep-reminders": {"task": "hitl.sweep_reminders", "schedule": _settings.remind_interval},
-    "hitl-send-notifications": {"task": "hitl.send_notifications", "schedule": _settings.notify_interval},
-    "hitl-anchor-audit": {"task": "hitl.anchor_audit", "schedule": _settings.audit_anchor_interval},
+    "hitl-sweep-deadlines": _job("hitl.sweep_deadlines", _settings.sweep_interval),
+    "hitl-relay-outbox": _job("hitl.relay_outbox", _settings.relay_interval),
+    "hitl-sweep-reminders": _job("hitl.sweep_reminders", _settings.remind_interval),
+    "hitl-send-notifications": _job("hitl.send_notifications", _settings.notify_interval),
+    "hitl-anchor-audit": _job("hitl.anchor_audit", _settings.audit_anchor_interval),
 }

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
         3600,
         ge=0,
         description="Seconds a pending or running run may go without progress before the relay sends its latest "
-        "message again (a message the broker lost); longer than your longest run of plain tasks; 0: never.",
+        "message again (a message the broker lost), then after 2x ... 32x that; longer than your longest run of "
+        "plain tasks; 0: never.",
     )
     outbox_retention: float = Field(7 * 86400, gt=0, description="Seconds delivered outbox rows are kept.")
     step_time_limit: float = Field(900, gt=0, description="Hard time limit (s) of one step; it is killed after.")

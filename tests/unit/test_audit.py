@@ -487,7 +487,7 @@ def test_the_anchor_job_is_on_beat_every_interval(engine_env: Path) -> None:
     show = "from hitl.infra import celeryconfig; print(celeryconfig.beat_schedule['hitl-anchor-audit'])"
     env = {**os.environ, "HITL_AUDIT_ANCHOR_INTERVAL": "5"}
     res = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == str({"task": "hitl.anchor_audit", "schedule": 5.0})
+    assert res.stdout.strip() == str({"task": "hitl.anchor_audit", "schedule": 5.0, "options": {"expires": 60.0}})
     append(1)
     entry_id = anchor_audit()
     assert entry_id is not None and entry_id == audit.entries(chain="anchor")[-1].id

@@ -78,11 +78,12 @@ def test_failed_publishes_do_not_count_as_resends(engine_env: Path, monkeypatch:
     assert _row(task_id).attempts == 1
 
 
-def test_a_run_without_progress_gets_its_latest_message_again_once_per_period(
+def test_a_run_without_progress_gets_its_latest_message_again_with_backoff(
     engine_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message the broker lost between waits leaves a run running with nothing on its way: after
-    HITL_STALL_AFTER the relay sends the run's latest message again, once per period, and never for a waiting run."""
+    HITL_STALL_AFTER the relay sends the run's latest message again, then after 2, 4, ... periods, never for a
+    waiting run."""
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -104,3 +105,19 @@ def test_a_run_without_progress_gets_its_latest_message_again_once_per_period(
     assert sent == [f"{stalled}.start"]  # the stalled run's start, not the other run's
     assert outbox.replay_stalled() == 0  # touched: not again until another period passes
     assert hitl.get_run(fresh).status is hitl.RunStatus.PENDING
+
+    def quiet_for(seconds: float) -> None:
+        when = utcnow() - timedelta(seconds=seconds)
+        with session_scope() as s:
+            s.execute(update(Run).where(Run.id == stalled).values(updated_at=when))
+            s.execute(update(RunEvent).where(RunEvent.run_id == stalled).values(at=when))
+
+    quiet_for(90)  # one period and a half since the replay: the second replay waits two periods
+    assert outbox.replay_stalled() == 0
+    quiet_for(130)
+    assert outbox.replay_stalled() == 1
+    assert sent == [f"{stalled}.start"] * 2
+    quiet_for(130)  # the third waits four periods
+    assert outbox.replay_stalled() == 0
+    quiet_for(250)
+    assert outbox.replay_stalled() == 1
