@@ -20,7 +20,7 @@ from approvals.errors import (
     ApprovalCancelled,
     ApprovalExpired,
     ApprovalNotFound,
-    HitlError,
+    DomainError,
     InvalidTransition,
 )
 from approvals.models import Approval, note_new_events, utcnow
@@ -329,7 +329,7 @@ def cancel_pending_approvals(session: Session, run_id: str) -> list[str]:
     return [i for i in ids if resolve_approval(session, i, ApprovalStatus.CANCELLED)]
 
 
-def why_not_pending(session: Session, approval_id: str, now: datetime, stage: int | None = None) -> HitlError:
+def why_not_pending(session: Session, approval_id: str, now: datetime, stage: int | None = None) -> DomainError:
     """Explain why a decision on ``approval_id`` lost its compare-and-set, for the error shown to the user."""
     row = session.execute(
         select(Approval.status, Approval.deadline, Approval.stage).where(Approval.id == approval_id)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,10 +19,43 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True}
 
 
+class OneLineFormatter(logging.Formatter):
+    """Log records as the CLI's own messages: ``warning: ...`` on one line, the exception as its type and first
+    line rather than a traceback, URL passwords masked (``HITL_DEBUG=1`` keeps the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from hitl.infra.redact import one_line, scrub
+
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {one_line(str(exc))})"
+        line = f"{record.levelname.lower()}: {scrub(one_line(text))}"
+        if record.exc_info and os.environ.get("HITL_DEBUG"):
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def log_to_stderr() -> None:
+    """Show this process's warnings and errors on stderr, one line each (see :class:`OneLineFormatter`).
+
+    Without it Python's last-resort handler prints a logged exception's whole traceback. Left alone when
+    logging is configured already (``hitl serve``'s server, an embedding program).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLineFormatter())
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+
+
 class HitlGroup(click.Group):
-    """A click group that turns hitl's errors into a one-line message and its exit code."""
+    """A click group that turns hitl's errors into a one-line message and its exit code, and its log records
+    into one-line warnings (:func:`log_to_stderr`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        log_to_stderr()
         try:
             return super().invoke(ctx)
         except HitlError as exc:

@@ -96,6 +96,8 @@ def decide(
         return _decide(
             approval_id, outcome, actor=actor, comment=comment, data=data, channel=channel, link_nonce=link_nonce
         )
+    except _Recorded as refused:  # recorded in the transaction that lost the compare-and-set
+        raise refused.error from None
     except NotAllowed:
         raise  # refuse() recorded it
     except DomainError as exc:
@@ -137,27 +139,45 @@ def _decide(
     check_size(data, "decision data")
     gate = _admit(approval_id, actor, channel, outcome=outcome, comment=comment, data=data)
     now = utcnow()
+    lost: DomainError | None = None
     with session_scope() as s:
         if gate.single:
             decision = _decide_once(s, approval_id, outcome, actor, comment, data, channel, now, link_nonce)
-            sent = _resume(s, decision.approval, decision.value)
         else:
             decision = _vote(s, gate, outcome, actor, comment, data, channel, now, link_nonce)
-            sent = _resume(s, decision.approval, decision.value) if decision.value.settled else []
+        run_id: str | None = None
+        if isinstance(decision, DomainError):
+            # The compare-and-set lost on the transaction's first statement, so it changed nothing: the refused
+            # attempt is recorded here, in one transaction (not a rolled-back one and another for the entry).
+            lost = decision
+        else:
+            result, run_id = decision.value, decision.approval.run_id
+            sent = _resume(s, decision.approval, result) if result.settled else []
         audit.record(
             s,
             action="decide",
             actor=actor,
             channel=channel,
-            accepted=True,
+            accepted=lost is None,
             approval_id=approval_id,
-            run_id=decision.approval.run_id,
+            run_id=run_id,
             outcome=outcome.value,
+            reason=None if lost is None else lost.message,
             comment=comment,
             payload=data,
         )
+    if lost is not None:
+        raise _Recorded(lost)
     outbox.publish(sent)
-    return decision.value
+    return result
+
+
+class _Recorded(Exception):
+    """Carries a refusal already recorded in the audit log (:func:`decide` raises ``error``)."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -235,10 +255,11 @@ def _decide_once(
     channel: str,
     now: datetime,
     link_nonce: str | None,
-) -> _Decided:
+) -> _Decided | DomainError:
+    """Decide a single-decider approval; return why not (changing nothing) when its compare-and-set lost."""
     approval = resolve_approval_row(s, approval_id, outcome.approval_status, before_deadline=now)
     if approval is None:
-        raise why_not_pending(s, approval_id, now)
+        return why_not_pending(s, approval_id, now)
     validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
     if link_nonce is not None:
         _use_link(s, approval_id, link_nonce, actor)
@@ -255,14 +276,15 @@ def _vote(
     channel: str,
     now: datetime,
     link_nonce: str | None,
-) -> _Decided:
+) -> _Decided | DomainError:
     """Record one vote; settle the approval when the votes decide it (quorum reached, a rejection, or the
-    quorum out of reach), or move it to the next stage of a sequential sign-off."""
+    quorum out of reach), or move it to the next stage of a sequential sign-off. Return why not (changing
+    nothing) when the approval is no longer pending in that stage."""
     approval_id = gate.approval_id
     # Lock the row (a no-op UPDATE) while checking it is still pending, in time and in the same stage: votes
     # on one approval then count one at a time, and the vote that settles it is the only one that can.
     if not touch_pending(s, approval_id, stage=gate.stage, before_deadline=now):
-        raise why_not_pending(s, approval_id, now, stage=gate.stage)
+        return why_not_pending(s, approval_id, now, stage=gate.stage)
     approval = s.get_one(Approval, approval_id)
     validate_decision_data(approval.decision_schema, data, outcome)
     if link_nonce is not None:

@@ -137,10 +137,12 @@ def _at_head(engine: Engine) -> bool:
     """Whether the database's ``alembic_version`` says the latest migration (False too when it has no such table)."""
     from hitl.infra.migrations import HEAD_REVISION
 
-    with engine.connect() as conn:
+    with engine.execution_options(**{READ_ONLY: True}).connect() as conn:  # a read: no write lock on SQLite
         try:
             found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-        except (OperationalError, ProgrammingError):  # no table yet (SQLite says OperationalError)
+        except (OperationalError, ProgrammingError) as exc:  # no table yet (SQLite says OperationalError)
+            if is_transient(exc):  # busy, locked, unreachable: not a missing table
+                raise
             conn.rollback()
             return False
     return found == [HEAD_REVISION]
