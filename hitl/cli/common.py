@@ -21,7 +21,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "sho
 
 class OneLineFormatter(logging.Formatter):
     """Log records as the CLI's own messages: ``warning: ...`` on one line, the exception as its type and first
-    line rather than a traceback, URL passwords masked (``HITL_DEBUG=1`` keeps the traceback)."""
+    line rather than a traceback, URL passwords masked (``HITL_DEBUG=1`` adds the traceback, masked too)."""
 
     def format(self, record: logging.LogRecord) -> str:
         from hitl.infra.redact import one_line, scrub
@@ -32,7 +32,7 @@ class OneLineFormatter(logging.Formatter):
             text += f" ({type(exc).__name__}: {one_line(str(exc))})"
         line = f"{record.levelname.lower()}: {scrub(one_line(text))}"
         if record.exc_info and os.environ.get("HITL_DEBUG"):
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + scrub(self.formatException(record.exc_info))
         return line
 
 
