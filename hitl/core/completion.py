@@ -43,14 +43,14 @@ from hitl.core.resume import (
     vote_view,
 )
 from hitl.delivery import outbox
-from hitl.infra.db import read_session, session_scope
+from hitl.infra.db import session_scope
 from hitl.infra.jsonsafe import check_size
 
 #: The decision row, by a Core INSERT (no ORM unit of work on the decision path).
 _INSERT_DECISION = insert(tables.decisions)
-_ADMIT_COLUMNS = select(Approval.policy, Approval.requester, Approval.assignees, Approval.status, Approval.stage).where(
-    Approval.id == bindparam("approval_id")
-)
+_ADMIT_COLUMNS = select(
+    Approval.policy, Approval.requester, Approval.assignees, Approval.status, Approval.stage, Approval.run_id
+).where(Approval.id == bindparam("approval_id"))
 
 
 def decide(
@@ -89,17 +89,17 @@ def decide(
         LinkUsed: ``link_nonce`` was used before; nothing was changed.
         NotAllowed: ``actor`` may not decide it (see :func:`refuse`).
 
-    Every call is recorded in the audit log (:mod:`hitl.core.audit`): an accepted decision in its own
-    transaction, a refused one (any of the errors above) after that transaction was rolled back.
+    One write transaction, accepted or refused: it reads what the admission needs, takes the compare-and-set
+    and records the attempt in the audit log (:mod:`hitl.core.audit`), accepted or not. An attempt refused
+    after a write (a schema failure, a used link) is recorded after that transaction was rolled back. The
+    continuation is published right after commit.
     """
     try:
         return _decide(
             approval_id, outcome, actor=actor, comment=comment, data=data, channel=channel, link_nonce=link_nonce
         )
-    except _Recorded as refused:  # recorded in the transaction that lost the compare-and-set
+    except _Recorded as refused:  # recorded in the decision's own transaction
         raise refused.error from None
-    except NotAllowed:
-        raise  # refuse() recorded it
     except DomainError as exc:
         audit.record_refused(
             action="decide",
@@ -137,35 +137,39 @@ def _decide(
     actor = actor.strip()
     data = data or {}
     check_size(data, "decision data")
-    gate = _admit(approval_id, actor, channel, outcome=outcome, comment=comment, data=data)
     now = utcnow()
     lost: DomainError | None = None
-    with session_scope() as s:
-        if gate.single:
-            decision = _decide_once(s, approval_id, outcome, actor, comment, data, channel, now, link_nonce)
+    with session_scope() as s:  # one transaction, accepted or refused
+        gate = _admit(s, approval_id, actor)
+        if isinstance(gate, _Refusal):  # not theirs to decide: recorded, with the run's timeline entry
+            _record_refusal(s, approval_id, gate.run_id, actor, channel, gate.reason, outcome.value, comment, data)
+            lost = NotAllowed(gate.reason)
         else:
-            decision = _vote(s, gate, outcome, actor, comment, data, channel, now, link_nonce)
-        run_id: str | None = None
-        if isinstance(decision, DomainError):
-            # The compare-and-set lost on the transaction's first statement, so it changed nothing: the refused
-            # attempt is recorded here, in one transaction (not a rolled-back one and another for the entry).
-            lost = decision
-        else:
-            result, run_id = decision.value, decision.approval.run_id
-            sent = _resume(s, decision.approval, result) if result.settled else []
-        audit.record(
-            s,
-            action="decide",
-            actor=actor,
-            channel=channel,
-            accepted=lost is None,
-            approval_id=approval_id,
-            run_id=run_id,
-            outcome=outcome.value,
-            reason=None if lost is None else lost.message,
-            comment=comment,
-            payload=data,
-        )
+            if gate.single:
+                decision = _decide_once(s, approval_id, outcome, actor, comment, data, channel, now, link_nonce)
+            else:
+                decision = _vote(s, gate, outcome, actor, comment, data, channel, now, link_nonce)
+            run_id: str | None = None
+            if isinstance(decision, DomainError):
+                # The compare-and-set lost on its first write, so the transaction changed nothing: the refused
+                # attempt is recorded here, in one transaction (not a rolled-back one and another for the entry).
+                lost = decision
+            else:
+                result, run_id = decision.value, decision.approval.run_id
+                sent = _resume(s, decision.approval, result) if result.settled else []
+            audit.record(
+                s,
+                action="decide",
+                actor=actor,
+                channel=channel,
+                accepted=lost is None,
+                approval_id=approval_id,
+                run_id=run_id,
+                outcome=outcome.value,
+                reason=None if lost is None else lost.message,
+                comment=comment,
+                payload=data,
+            )
     if lost is not None:
         raise _Recorded(lost)
     outbox.publish(sent)
@@ -199,47 +203,37 @@ class _Decided:
     value: Decision
 
 
-def _admit(
-    approval_id: str, actor: str, channel: str, *, outcome: Outcome, comment: str | None, data: dict[str, Any]
-) -> _Gate:
-    """Check, before the write transaction, that ``actor`` may decide ``approval_id`` now.
+@dataclass(frozen=True)
+class _Refusal:
+    """Why ``actor`` may not decide: recorded as a refused attempt (:func:`_record_refusal`)."""
 
-    Assignees only grow (escalation adds people), so an admission stays valid until the compare-and-set.
+    run_id: str | None
+    reason: str
+
+
+def _admit(s: Session, approval_id: str, actor: str) -> _Gate | _Refusal:
+    """Check, in the decision's transaction and before its compare-and-set, that ``actor`` may decide
+    ``approval_id``; return what the decision needs to know, or why not.
+
+    Assignees only grow (escalation adds people), so an admission stays valid until the compare-and-set, which
+    also checks the approval is pending (in the same stage). Refused: not an assignee (users or group members)
+    of the current stage, or the requester of a wait that forbids it.
 
     Raises:
         ApprovalNotFound: no such approval.
-        NotAllowed: not an assignee (users or group members) of the current stage, or the requester of a
-            wait that forbids it (recorded in the run's timeline as ``decision_refused``).
     """
-    with read_session() as s:  # only the columns the checks need (not the subject or the continuation)
-        approval = s.execute(_ADMIT_COLUMNS, {"approval_id": approval_id}).one_or_none()
+    approval = s.execute(_ADMIT_COLUMNS, {"approval_id": approval_id}).one_or_none()  # not subject, continuation
     if approval is None:
         raise ApprovalNotFound(f"no approval has id {approval_id!r}")
     policy = ApprovalPolicy.model_validate(approval.policy or {})
     if policy.forbid_requester and approval.requester == actor:
-        raise refuse(
-            approval_id,
-            actor=actor,
-            channel=channel,
-            reason=f"{actor} requested this; they may not decide it",
-            outcome=outcome.value,
-            comment=comment,
-            payload=data,
-        )
+        return _Refusal(approval.run_id, f"{actor} requested this; they may not decide it")
     assignees = [str(a) for a in approval.assignees]
-    if approval.status is ApprovalStatus.PENDING and not groups.is_assignee(actor, assignees):
-        raise refuse(
-            approval_id,
-            actor=actor,
-            channel=channel,
-            reason=f"{actor} is not among the assignees ({', '.join(assignees)})"
-            + (f" of stage {approval.stage + 1}" if policy.stages else ""),
-            outcome=outcome.value,
-            comment=comment,
-            payload=data,
-        )
+    if approval.status is ApprovalStatus.PENDING and not groups.is_assignee(actor, assignees, s):
+        reason = f"{actor} is not among the assignees ({', '.join(assignees)})"
+        return _Refusal(approval.run_id, reason + (f" of stage {approval.stage + 1}" if policy.stages else ""))
     single = policy.quorum == 1 and len(policy.stages) <= 1
-    eligible = len(groups.expand(assignees)) if assignees and not single else None
+    eligible = len(groups.expand(assignees, s)) if assignees and not single else None
     return _Gate(
         approval_id, approval.stage, single, policy.quorum, eligible, policy.any_rejection_rejects, policy.stages
     )
@@ -380,30 +374,46 @@ def refuse(
         found = s.execute(select(Approval.run_id).where(Approval.id == approval_id)).one_or_none()
         missing = f"no approval has id {approval_id!r}" if found is None else None
         run_id = found[0] if found is not None else None
-        if run_id is not None:  # None: missing, or created ahead with no run timeline yet
-            add_event(
-                s,
-                run_id=run_id,
-                kind=EventKind.REFUSED,
-                name=approval_id,
-                detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
-            )
-        audit.record(
-            s,
-            action="decide",
-            actor=actor,
-            channel=channel,
-            accepted=False,
-            approval_id=approval_id,
-            run_id=run_id,
-            outcome=outcome,
-            reason=missing or reason,
-            comment=comment,
-            payload=payload,
-        )
+        _record_refusal(s, approval_id, run_id, actor, channel, missing or reason, outcome, comment, payload)
     if missing:
         raise ApprovalNotFound(missing)
     return NotAllowed(reason)
+
+
+def _record_refusal(
+    s: Session,
+    approval_id: str,
+    run_id: str | None,
+    actor: str,
+    channel: str,
+    reason: str,
+    outcome: str | None,
+    comment: str | None,
+    payload: Any,
+) -> None:
+    """Add a refused attempt to ``run_id``'s timeline (when it has one: an approval created ahead has none
+    until a run takes it) and to the audit log, in ``s``'s transaction."""
+    if run_id is not None:
+        add_event(
+            s,
+            run_id=run_id,
+            kind=EventKind.REFUSED,
+            name=approval_id,
+            detail={"approval_id": approval_id, "actor": actor, "channel": channel, "reason": reason},
+        )
+    audit.record(
+        s,
+        action="decide",
+        actor=actor,
+        channel=channel,
+        accepted=False,
+        approval_id=approval_id,
+        run_id=run_id,
+        outcome=outcome,
+        reason=reason,
+        comment=comment,
+        payload=payload,
+    )
 
 
 def _use_link(s: Session, approval_id: str, nonce: str, actor: str) -> None:

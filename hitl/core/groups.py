@@ -9,27 +9,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from approvals.errors import InvalidPayload
 from approvals.models import GroupMember
-from hitl.infra.db import session_scope
+from hitl.infra.db import read_session, session_scope
 from hitl.infra.settings import get_settings
 
 
 def members(group: str) -> set[str]:
     """Return the members of ``group`` (empty when no group has that name)."""
     found = set(get_settings().groups.get(group, []))
-    with session_scope() as s:
+    with read_session() as s:
         found.update(s.scalars(select(GroupMember.member).where(GroupMember.group == group)))
     return found
 
 
-def expand(assignees: Iterable[str]) -> set[str]:
-    """Return the users named by ``assignees``: each group replaced by its members, users kept as they are."""
+def expand(assignees: Iterable[str], session: Session | None = None) -> set[str]:
+    """Return the users named by ``assignees``: each group replaced by its members, users kept as they are.
+
+    Reads in ``session``'s transaction when given (a decision's, so that it takes no second connection), else
+    in a read-only one.
+    """
     names = list(assignees)
     table = get_settings().groups
-    with session_scope() as s:
-        rows = s.execute(select(GroupMember.group, GroupMember.member).where(GroupMember.group.in_(names))).all()
+    of_groups = select(GroupMember.group, GroupMember.member).where(GroupMember.group.in_(names))
+    if session is not None:
+        rows = session.execute(of_groups).all()
+    else:
+        with read_session() as s:
+            rows = s.execute(of_groups).all()
     db_groups: dict[str, set[str]] = {}
     for group, member in rows:
         db_groups.setdefault(group, set()).add(member)
@@ -43,10 +52,13 @@ def expand(assignees: Iterable[str]) -> set[str]:
     return users
 
 
-def is_assignee(actor: str, assignees: Iterable[str]) -> bool:
-    """Whether ``actor`` is one of ``assignees`` or a member of one of them (an empty list admits anyone)."""
+def is_assignee(actor: str, assignees: Iterable[str], session: Session | None = None) -> bool:
+    """Whether ``actor`` is one of ``assignees`` or a member of one of them (an empty list admits anyone).
+
+    ``session``: as for :func:`expand`.
+    """
     names = list(assignees)
-    return not names or actor in expand(names)
+    return not names or actor in expand(names, session)
 
 
 def add_member(group: str, member: str) -> bool:
@@ -74,7 +86,7 @@ def remove_member(group: str, member: str) -> bool:
 def all_groups() -> dict[str, list[str]]:
     """Return every group with its members (settings and database), sorted."""
     out: dict[str, set[str]] = {g: set(m) for g, m in get_settings().groups.items()}
-    with session_scope() as s:
+    with read_session() as s:
         for group, member in s.execute(select(GroupMember.group, GroupMember.member)):
             out.setdefault(group, set()).add(member)
     return {g: sorted(m) for g, m in sorted(out.items())}
