@@ -24,15 +24,19 @@ class OneLineFormatter(logging.Formatter):
     line rather than a traceback, URL passwords masked (``HITL_DEBUG=1`` adds the traceback, masked too)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from hitl.infra.redact import one_line, scrub
+        from hitl.infra import settings
+        from hitl.infra.redact import mask_urls, one_line, scrub
 
+        # The settings' own passwords once they are read; reading them here would log (misspelt settings) while
+        # this record is being written, ahead of it.
+        mask = scrub if settings.get_settings.cache_info().currsize else mask_urls
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             text += f" ({type(exc).__name__}: {one_line(str(exc))})"
-        line = f"{record.levelname.lower()}: {scrub(one_line(text))}"
+        line = f"{record.levelname.lower()}: {mask(one_line(text))}"
         if record.exc_info and os.environ.get("HITL_DEBUG"):
-            line += "\n" + scrub(self.formatException(record.exc_info))
+            line += "\n" + mask(self.formatException(record.exc_info))
         return line
 
 

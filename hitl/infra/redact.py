@@ -68,10 +68,15 @@ def passwords(settings: Settings) -> set[str]:
     return found
 
 
+def mask_urls(text: str) -> str:
+    """Return ``text`` with the password of every URL in it replaced by ``***`` (no settings read)."""
+    return _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", text)
+
+
 def scrub(text: str, settings: Settings | None = None) -> str:
     """Return ``text`` with every URL password masked and each password of ``settings`` (default: the settings
     in force, when they can be read) replaced by ``***``."""
-    text = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    text = mask_urls(text)
     if settings is None:
         from hitl.infra.settings import get_settings
 
