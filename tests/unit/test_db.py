@@ -75,3 +75,26 @@ def test_head_revision_names_the_latest_migration() -> None:
     from hitl.infra.migrations import HEAD_REVISION
 
     assert head_revision() == HEAD_REVISION  # a new migration without HEAD_REVISION in step fails here
+
+
+def test_a_new_process_checks_the_schema_while_another_holds_the_write_lock(
+    engine_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema check on first use is a read: with SQLite's write lock held elsewhere (a worker's transaction,
+    49 other deciders) it neither waits for the lock nor takes the busy database for one without a schema."""
+    import time
+
+    from hitl.infra.db import get_engine, read_session, reset_engine
+
+    get_engine()  # migrated to head
+    reset_engine()  # as a process starting now
+    monkeypatch.setattr("hitl.infra.db.SQLITE_BUSY_TIMEOUT_MS", 2000)
+    blocker = sqlite3.connect(engine_env / "hitl.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # a writer's lock: readers go on in WAL mode
+    try:
+        t0 = time.monotonic()
+        with read_session() as s:
+            assert s.scalar(text("SELECT count(*) FROM hitl_runs")) == 0
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        blocker.close()
