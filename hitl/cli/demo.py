@@ -26,6 +26,7 @@ from hitl.core.groups import add_member
 from hitl.core.runs import start
 from hitl.core.views import get_run, list_approvals
 from hitl.infra import broker, db
+from hitl.infra.celery_app import reconfigure
 from hitl.infra.procs import start_beat, start_worker, wait_ready
 from hitl.infra.settings import get_settings
 
@@ -81,6 +82,7 @@ def _isolate(home: Path) -> None:
     )
     get_settings.cache_clear()
     db.reset_engine()
+    reconfigure()  # this process's Celery app publishes to the demo's broker, not the one of the home it started in
     broker.stop_broker()  # a broker left running by an earlier demo
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)

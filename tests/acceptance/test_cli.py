@@ -137,6 +137,8 @@ def test_demo_runs_end_to_end_from_any_directory_and_cleans_up(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "demo passed" in proc.stdout
+    # The demo's own starts and decisions reach its broker at once (not later, through the relay).
+    assert "not sent" not in proc.stderr, proc.stderr[-3000:]
     plan = json.loads((ROOT / "hitl" / "examples" / "demo.json").read_text())["runs"]
     assert proc.stdout.count(" yes") >= len(plan)
     for status in ("succeeded", "rejected", "timed_out"):
