@@ -11,7 +11,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, bindparam, event, func, insert, select, text, update
+from sqlalchemy import CursorResult, Update, bindparam, event, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from approvals import tables
@@ -113,11 +113,56 @@ def end_run(
     session: Session, run_id: str, status: RunStatus, detail: dict[str, Any] | None = None, **values: Any
 ) -> bool:
     """Move run ``run_id`` to the terminal ``status`` (see :func:`move_run`) and, if this call did, append
-    ``run_finished`` to its timeline with ``detail``. Returns whether this call ended the run."""
-    if not move_run(session, run_id, status, **values):
+    ``run_finished`` to its timeline with ``detail``. Returns whether this call ended the run.
+
+    On PostgreSQL both are one statement (:func:`_end_run_statement`), so in autocommit mode
+    (:func:`hitl.infra.db.statement_scope`) ending a run is one round trip.
+    """
+    if not on_postgresql(session):
+        if not move_run(session, run_id, status, **values):
+            return False
+        add_event(session, run_id, EventKind.FINISHED, status.value, detail=detail)
+        return True
+    now = utcnow()
+    values["finished_at"] = now
+    event = {
+        "run_id": run_id,
+        "kind": EventKind.FINISHED,
+        "name": status.value,
+        "task_id": None,
+        "detail": detail or {},
+        "started_at": None,
+        "at": now,
+    }
+    params = {f"b_{name}": value for name, value in values.items()}
+    params.update({"b_id": run_id, "b_updated_at": now, "e_name": event["name"], "e_detail": event["detail"]})
+    event_id = session.execute(_end_run_statement(status, tuple(sorted(values))), params).scalar_one_or_none()
+    if event_id is None:
         return False
-    add_event(session, run_id, EventKind.FINISHED, status.value, detail=detail)
+    note_locked_run(session, run_id)
+    note_new_events(session, [{**event, "id": event_id}])
     return True
+
+
+def on_postgresql(session: Session) -> bool:
+    """Whether ``session`` is bound to PostgreSQL (where one statement may change several tables, with CTEs)."""
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+@functools.cache
+def _end_run_statement(target: RunStatus, columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: ``WITH moved AS (UPDATE hitl_runs ... RETURNING id) INSERT INTO hitl_run_events ... SELECT
+    FROM moved RETURNING id``: :func:`move_run`'s compare-and-set and, only if it won, the ``run_finished``
+    entry, in one statement (no row comes back when the run's status did not allow the move)."""
+    moved = _move_run_statement(target, columns).returning(_RUNS.c.id).cte("moved")
+    entry = select(
+        moved.c.id,
+        literal(EventKind.FINISHED.value, _EVENTS.c.kind.type),
+        bindparam("e_name", type_=_EVENTS.c.name.type),
+        bindparam("e_detail", type_=_EVENTS.c.detail.type),
+        bindparam("b_finished_at", type_=_EVENTS.c.at.type),
+    )
+    return insert(_EVENTS).from_select(["run_id", "kind", "name", "detail", "at"], entry).returning(_EVENTS.c.id)
 
 
 #: Rows per statement in the set-based transitions (well under SQLite's and PostgreSQL's bound-parameter limits).

@@ -6,17 +6,18 @@ the wait's own task, :mod:`hitl.worker.waits`). An approval created ahead under 
 
 from __future__ import annotations
 
-from datetime import timedelta
+import functools
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from approvals import tables
 from approvals.errors import Stop
-from approvals.models import Approval, OutboxMessage, utcnow
-from approvals.status import ApprovalStatus, EventKind, RunStatus
-from approvals.transitions import add_event, move_run, move_run_returning
+from approvals.models import Approval, OutboxMessage, note_new_events, utcnow
+from approvals.status import ApprovalStatus, EventKind, RunStatus, run_sources
+from approvals.transitions import add_event, move_run, move_run_returning, note_locked_run, on_postgresql
 from hitl.core import completion, lookback, resume
 from hitl.delivery import outbox
 from hitl.infra.ids import new_id
@@ -25,7 +26,7 @@ from hitl.infra.jsonsafe import check_size
 #: The approval row, by a Core INSERT (the ORM's unit of work costs more than the statement on this path).
 _INSERT_APPROVAL = insert(tables.approvals)
 
-__all__ = ["store_waits"]
+__all__ = ["one_statement", "store_waits"]
 
 
 def store_waits(s: Session, run_id: str, task_id: str, subject: Any, header: dict[str, Any]) -> list[OutboxMessage]:
@@ -51,11 +52,14 @@ def store_waits(s: Session, run_id: str, task_id: str, subject: Any, header: dic
         Stop: the approval created ahead was cancelled (the run ends as cancelled).
     """
     check_size(subject, "approval subject")
-    if s.scalar(select(Approval.id).where(Approval.step_task_id == task_id)):
-        return []  # a second delivery: the approvals are stored
     specs: list[dict[str, Any]] = header["waits"]
     continuation = [header["continuation"]] if header.get("continuation") else []
     join = header.get("join")
+    if on_postgresql(s) and one_statement(header):
+        _store_one(s, run_id, task_id, subject, specs[0], continuation)
+        return []
+    if s.scalar(select(Approval.id).where(Approval.step_task_id == task_id)):
+        return []  # a second delivery: the approvals are stored
     if len(specs) == 1 and join is None and specs[0].get("idempotency_key"):
         taken = _take_ahead(s, run_id, task_id, subject, specs[0], continuation)
         if taken is not None:
@@ -74,41 +78,140 @@ def store_waits(s: Session, run_id: str, task_id: str, subject: Any, header: dic
                 "size": len(specs),
                 "any_rejection_rejects": bool(join.get("any_rejection_rejects", True)),  # type: ignore[union-attr]
             }
-        deadline = now + timedelta(seconds=spec["timeout"])
-        approval_id = new_id()
-        s.execute(
-            _INSERT_APPROVAL,
-            {
-                "id": approval_id,
-                "run_id": run_id,
-                "key": spec["key"],
-                "status": ApprovalStatus.PENDING,
-                "step_task_id": task_id if index == 0 else f"{task_id}/{index}",
-                "subject": subject,
-                "assignees": list(spec["assignees"]),
-                "deadline": deadline,
-                "continuation": continuation,
-                "on_reject": [spec["on_reject"]] if spec.get("on_reject") else None,
-                "on_timeout": [spec["on_timeout"]] if spec.get("on_timeout") else None,
-                "timeout_default": spec.get("default"),
-                "idempotency_key": spec.get("idempotency_key") if join_id is None else None,
-                "decision_schema": spec.get("decision_schema"),
-                "policy": policy,
-                "requester": requester,
-                "next_reminder_at": _after(now, policy.get("remind_after")),
-                "escalate_at": _after(now, policy.get("escalate_after")),
-                "created_at": now,
-            },
-        )
-        detail: dict[str, Any] = {
-            "approval_id": approval_id,
-            "deadline": deadline.isoformat(),
-            "assignees": list(spec["assignees"]),
-        }
+        row = _approval_row(run_id, task_id if index == 0 else f"{task_id}/{index}", subject, spec, continuation, now)
+        row.update(policy=policy, requester=requester)
+        if join_id is not None:
+            row["idempotency_key"] = None
+        s.execute(_INSERT_APPROVAL, row)
+        detail = _waiting_detail(row)
         if join_id is not None:
             detail["parallel"] = {"id": join_id, "index": index, "size": len(specs)}
         add_event(s, run_id=run_id, kind=EventKind.WAITING, name=spec["key"], task_id=task_id, detail=detail)
     return []
+
+
+def one_statement(header: dict[str, Any]) -> bool:
+    """Whether :func:`store_waits` stores the compiled wait ``header`` with one statement on PostgreSQL: one
+    wait, not a parallel group, and no idempotency key (which may take an approval created ahead)."""
+    specs = header["waits"]
+    return len(specs) == 1 and header.get("join") is None and not specs[0].get("idempotency_key")
+
+
+def _store_one(
+    s: Session, run_id: str, task_id: str, subject: Any, spec: dict[str, Any], continuation: list[Any]
+) -> None:
+    """:func:`store_waits` of one wait on PostgreSQL, in one statement (:func:`_wait_statement`): the same
+    checks (a second delivery, a run that is no longer pending or running) store nothing."""
+    now = utcnow()
+    row = _approval_row(run_id, task_id, subject, spec, continuation, now)
+    detail = _waiting_detail(row)
+    params = {f"a_{k}": v for k, v in row.items() if k != "requester"}
+    params.update(b_id=run_id, b_updated_at=now, e_detail=detail)
+    event_id = s.execute(_wait_statement(), params).scalar_one_or_none()
+    if event_id is None:
+        return
+    note_locked_run(s, run_id)
+    event = {"run_id": run_id, "kind": EventKind.WAITING, "name": spec["key"], "task_id": task_id}
+    note_new_events(s, [{**event, "detail": detail, "started_at": None, "at": now, "id": event_id}])
+
+
+#: The approval columns :func:`_wait_statement` sets from parameters (``requester`` comes from the run).
+_APPROVAL_COLUMNS = [
+    "id",
+    "run_id",
+    "key",
+    "status",
+    "stage",
+    "step_task_id",
+    "subject",
+    "assignees",
+    "deadline",
+    "continuation",
+    "on_reject",
+    "on_timeout",
+    "timeout_default",
+    "idempotency_key",
+    "decision_schema",
+    "policy",
+    "next_reminder_at",
+    "reminders_sent",
+    "escalate_at",
+    "created_at",
+]
+
+
+@functools.cache
+def _wait_statement() -> Any:
+    """PostgreSQL: ``WITH moved AS (UPDATE hitl_runs SET status = 'waiting' ... WHERE id = :run AND status IN
+    (...) AND NOT EXISTS (an approval of this step task) RETURNING requester), new_approval AS (INSERT ...
+    SELECT ... FROM moved RETURNING ...) INSERT INTO hitl_run_events ... SELECT ... FROM new_approval RETURNING
+    id``: the compare-and-set of the run and, only if it won, the approval and its ``waiting_for_input`` entry.
+
+    Parameters: ``b_id`` (the run), ``b_updated_at``, ``a_<column>`` for the approval's columns
+    (:data:`_APPROVAL_COLUMNS`) and ``e_detail``. No row comes back when nothing was stored.
+    """
+    runs, approvals, events = tables.runs, tables.approvals, tables.run_events
+    stored = select(approvals.c.id).where(approvals.c.step_task_id == bindparam("a_step_task_id"))
+    moved = (
+        update(runs)
+        .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(run_sources(RunStatus.WAITING)), ~stored.exists())
+        .values(status=RunStatus.WAITING, updated_at=bindparam("b_updated_at", type_=runs.c.updated_at.type))
+        .returning(runs.c.requester)
+        .cte("moved")
+    )
+    columns = [bindparam(f"a_{c}", type_=approvals.c[c].type) for c in _APPROVAL_COLUMNS]
+    new_approval = (
+        insert(approvals)
+        .from_select([*_APPROVAL_COLUMNS, "requester"], select(*columns, moved.c.requester))
+        .returning(approvals.c.run_id, approvals.c.key, approvals.c.step_task_id, approvals.c.created_at)
+        .cte("new_approval")
+    )
+    entry = select(
+        new_approval.c.run_id,
+        literal(EventKind.WAITING.value, events.c.kind.type),
+        new_approval.c.key,
+        new_approval.c.step_task_id,
+        bindparam("e_detail", type_=events.c.detail.type),
+        new_approval.c.created_at,
+    )
+    return (
+        insert(events).from_select(["run_id", "kind", "name", "task_id", "detail", "at"], entry).returning(events.c.id)
+    )
+
+
+def _approval_row(
+    run_id: str, step_task_id: str, subject: Any, spec: dict[str, Any], continuation: list[Any], now: datetime
+) -> dict[str, Any]:
+    """The approval row of wait ``spec`` (its policy as declared, and no requester yet)."""
+    policy = dict(spec["policy"])
+    return {
+        "id": new_id(),
+        "run_id": run_id,
+        "key": spec["key"],
+        "status": ApprovalStatus.PENDING,
+        "stage": 0,
+        "step_task_id": step_task_id,
+        "subject": subject,
+        "assignees": list(spec["assignees"]),
+        "deadline": now + timedelta(seconds=spec["timeout"]),
+        "continuation": continuation,
+        "on_reject": [spec["on_reject"]] if spec.get("on_reject") else None,
+        "on_timeout": [spec["on_timeout"]] if spec.get("on_timeout") else None,
+        "timeout_default": spec.get("default"),
+        "idempotency_key": spec.get("idempotency_key"),
+        "decision_schema": spec.get("decision_schema"),
+        "policy": policy,
+        "requester": None,
+        "next_reminder_at": _after(now, policy.get("remind_after")),
+        "reminders_sent": 0,
+        "escalate_at": _after(now, policy.get("escalate_after")),
+        "created_at": now,
+    }
+
+
+def _waiting_detail(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``waiting_for_input`` entry's detail of approval ``row``."""
+    return {"approval_id": row["id"], "deadline": row["deadline"].isoformat(), "assignees": list(row["assignees"])}
 
 
 def _after(now: Any, seconds: float | None) -> Any:

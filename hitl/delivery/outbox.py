@@ -50,7 +50,7 @@ _TABLE = tables.outbox
 _INSERT = insert(_TABLE)
 _MARK_DELIVERED = (
     update(_TABLE)
-    .where(_TABLE.c.task_id == bindparam("b_task_id"), _TABLE.c.delivered_at.is_(None))
+    .where(_TABLE.c.task_id.in_(bindparam("b_task_ids", expanding=True)), _TABLE.c.delivered_at.is_(None))
     .values(delivered_at=bindparam("b_now", type_=_TABLE.c.delivered_at.type))
 )
 #: What a publish raises when the broker cannot be reached.
@@ -82,21 +82,28 @@ def enqueue_many(
     if not messages:
         return []
     now = utcnow()
-    rows = [
-        {
-            "run_id": r,
-            "task_id": t,
-            "signature": {"tasks": s},
-            "args": a,
-            "created_at": now,
-            "sent_at": now,
-            "attempts": 0,
-        }
-        for r, t, s, a in messages
-    ]
+    rows = [new_row(r, t, s, a, now) for r, t, s, a in messages]
     session.flush()  # what the caller added (its run, say) goes first: the outbox row refers to it
-    session.execute(_INSERT, rows)
+    insert_rows(session, rows)
     return [OutboxMessage(**row) for row in rows]
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert outbox rows made by :func:`new_row`, with one Core statement (no ORM flush)."""
+    session.execute(_INSERT, rows)
+
+
+def new_row(run_id: str, task_id: str, sigs: list[dict[str, Any]], args: list[Any], now: datetime) -> dict[str, Any]:
+    """The column values of a new outbox row (see :func:`enqueue`), sent optimistically at ``now``."""
+    return {
+        "run_id": run_id,
+        "task_id": task_id,
+        "signature": {"tasks": sigs},
+        "args": args,
+        "created_at": now,
+        "sent_at": now,
+        "attempts": 0,
+    }
 
 
 class Unbuildable(Exception):
@@ -180,9 +187,10 @@ def _unbuildable(row: OutboxMessage, exc: Exception) -> None:
             end_run(s, row.run_id, RunStatus.FAILED, {"error": error}, error=error)
 
 
-def mark_delivered(session: Session, task_id: str) -> None:
-    """In ``session``: the message of ``task_id`` arrived (its step finished, was skipped, or runs long)."""
-    session.execute(_MARK_DELIVERED, {"b_task_id": task_id, "b_now": utcnow()})
+def mark_delivered(session: Session, *task_ids: str) -> None:
+    """In ``session``, with one statement: the messages of ``task_ids`` arrived (their first task ran, their
+    step finished, was skipped, or runs long)."""
+    session.execute(_MARK_DELIVERED, {"b_task_ids": list(task_ids), "b_now": utcnow()})
 
 
 def republish_undelivered(task_id: str) -> int:

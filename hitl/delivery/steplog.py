@@ -25,6 +25,7 @@ outbox, in the completion transaction.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -34,16 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, literal, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approvals import tables
 from approvals.errors import LostClaim
-from approvals.models import OutboxMessage, utcnow
-from approvals.status import EventKind, RunStatus, StepStatus
-from approvals.transitions import add_event, end_run, move_run
+from approvals.models import OutboxMessage, note_new_events, utcnow
+from approvals.status import EventKind, RunStatus, StepStatus, run_sources
+from approvals.transitions import add_event, end_run, move_run, note_locked_run, on_postgresql
 from hitl.delivery import outbox
 from hitl.infra.db import read_scope, session_scope
 from hitl.infra.settings import get_settings
@@ -61,15 +62,18 @@ _CHECK = (
 )
 
 
+#: The columns a step record left ``started`` (by the earlier claim-first protocol) has overwritten.
+_RECORD_OVERWRITES = ("status", "attempt", "result", "next_task_id", "started_at", "finished_at")
+
+
 def _insert_or_finish_started(dialect: Any) -> Any:
     """``INSERT`` a step record, or overwrite one left ``started`` (by the earlier claim-first protocol);
     ``RETURNING`` says whether it was written (psycopg's row count for ``ON CONFLICT`` is not reliable).
     PostgreSQL makes a concurrent insert of the same id wait for the first to commit or roll back."""
     stmt = dialect.insert(_STEPS)
-    columns = ("status", "attempt", "result", "next_task_id", "started_at", "finished_at")
     return stmt.on_conflict_do_update(
         index_elements=[_STEPS.c.task_id],
-        set_={name: stmt.excluded[name] for name in columns},
+        set_={name: stmt.excluded[name] for name in _RECORD_OVERWRITES},
         where=_STEPS.c.status == StepStatus.STARTED,
     ).returning(_STEPS.c.task_id)
 
@@ -118,7 +122,7 @@ def check(run_id: str, name: str, task_id: str, attempt: int = 1, receipt: str |
         InfrastructureError: the database failed.
     """
     now = utcnow()
-    with read_scope() as conn:
+    with read_scope(one_statement=True) as conn:
         row = conn.execute(_CHECK, {"run_id": run_id, "task_id": task_id}).one_or_none()
     run_status, step_status, result, next_task_id, done_attempt = row if row is not None else (None,) * 5
     if run_status is None or run_status.terminal:
@@ -203,6 +207,9 @@ def finish(
         "started_at": c.started_at,
         "finished_at": utcnow(),
     }
+    if send is None and on_postgresql(s):
+        _finish_in_one(s, c, values, entry=status is not StepStatus.WAITING, end=end_of_chain, waiting=waiting)
+        return None
     if not _insert_record(s, values):
         raise LostClaim(f"step {c.name} ({c.task_id}): another delivery finished it first")
     if c.receipt:
@@ -224,6 +231,115 @@ def finish(
     if send and next_id:
         return outbox.enqueue(s, c.run_id, next_id, send[0], send[1])
     return None
+
+
+def _finish_in_one(s: Session, c: Claim, values: dict[str, Any], *, entry: bool, end: bool, waiting: bool) -> None:
+    """:func:`finish` without a message to send, on PostgreSQL: one statement (:func:`_finish_statement`), so a
+    step that is not transactional finishes in one round trip (:func:`hitl.infra.db.statement_scope`)."""
+    move = c.first and not waiting and not end
+    now = values["finished_at"]
+    params = {f"s_{k}": v for k, v in values.items()}
+    params.update(b_id=c.run_id, b_now=now, e_name=c.name, e_detail={"attempt": c.attempt} if c.attempt > 1 else {})
+    if c.receipt:
+        params["o_task_id"] = c.receipt
+    if end:
+        params["b_result"] = values["result"]
+    recorded, entry_id, finished_id = s.execute(_finish_statement(entry, bool(c.receipt), move, end), params).one()
+    if recorded is None:
+        raise LostClaim(f"step {c.name} ({c.task_id}): another delivery finished it first")
+    new: list[dict[str, Any]] = []
+    base = {"run_id": c.run_id, "task_id": None, "started_at": None, "at": now}
+    if entry_id is not None:
+        new.append({**base, "id": entry_id, "kind": EventKind.STEP_FINISHED, "name": c.name, "task_id": c.task_id})
+        new[-1].update(detail=params["e_detail"], started_at=c.started_at)
+    if finished_id is not None:
+        note_locked_run(s, c.run_id)
+        new.append({**base, "id": finished_id, "kind": EventKind.FINISHED, "name": RunStatus.SUCCEEDED.value})
+        new[-1]["detail"] = {}
+    note_new_events(s, new)
+
+
+@functools.cache
+def _finish_statement(entry: bool, receipt: bool, move: bool, end: bool) -> Any:
+    """PostgreSQL: the statements of :func:`finish` as one, each part a CTE that writes only if the step record
+    was written (``EXISTS (SELECT FROM record)``)::
+
+        WITH record AS (INSERT INTO hitl_steps ... ON CONFLICT ... RETURNING task_id),
+             entry AS (INSERT INTO hitl_run_events ... step_finished ... FROM record RETURNING id),  -- entry
+             delivered AS (UPDATE hitl_outbox SET delivered_at ... ),                               -- receipt
+             moved AS (UPDATE hitl_runs SET status = 'running' ...),                                -- move
+             ended AS (UPDATE hitl_runs SET status = 'succeeded', result ... RETURNING id),         -- end
+             finished AS (INSERT INTO hitl_run_events ... run_finished ... FROM ended RETURNING id)  -- end
+        SELECT (SELECT task_id FROM record), (SELECT id FROM entry), (SELECT id FROM finished)
+
+    Parameters: ``s_<column>`` of the step record, ``b_id`` (the run), ``b_now``, ``e_name``, ``e_detail``,
+    ``o_task_id`` (the receipt) and ``b_result`` (the run's result). The first column is NULL when another
+    delivery finished the step first: then nothing was written.
+    """
+    runs, events, rows = tables.runs, tables.run_events, tables.outbox
+    stmt = postgresql.insert(_STEPS).values({c.name: bindparam(f"s_{c.name}", type_=c.type) for c in _STEPS.columns})
+    record = (
+        stmt.on_conflict_do_update(
+            index_elements=[_STEPS.c.task_id],
+            set_={name: stmt.excluded[name] for name in _RECORD_OVERWRITES},
+            where=_STEPS.c.status == StepStatus.STARTED,
+        )
+        .returning(_STEPS.c.task_id)
+        .cte("record")
+    )
+    written = select(record.c.task_id).exists()
+    now = bindparam("b_now", type_=runs.c.updated_at.type)
+    run = bindparam("b_id", type_=runs.c.id.type)
+    columns = ["run_id", "kind", "name", "task_id", "detail", "started_at", "at"]
+    ctes: list[Any] = []
+    picked: list[Any] = [select(record.c.task_id).scalar_subquery()]
+    if entry:
+        step_entry = select(
+            run,
+            literal(EventKind.STEP_FINISHED.value, events.c.kind.type),
+            bindparam("e_name", type_=events.c.name.type),
+            record.c.task_id,
+            bindparam("e_detail", type_=events.c.detail.type),
+            bindparam("s_started_at", type_=events.c.started_at.type),
+            now,
+        )
+        entry_cte = insert(events).from_select(columns, step_entry).returning(events.c.id).cte("entry")
+        picked.append(select(entry_cte.c.id).scalar_subquery())
+    else:
+        picked.append(null())
+    if receipt:
+        delivered = update(rows).where(rows.c.task_id == bindparam("o_task_id"), rows.c.delivered_at.is_(None), written)
+        ctes.append(delivered.values(delivered_at=now).cte("delivered"))
+    if move:
+        moved = update(runs).where(runs.c.id == run, runs.c.status.in_(run_sources(RunStatus.RUNNING)), written)
+        ctes.append(moved.values(status=RunStatus.RUNNING, updated_at=now).cte("moved"))
+    if end:
+        ended = (
+            update(runs)
+            .where(runs.c.id == run, runs.c.status.in_(run_sources(RunStatus.SUCCEEDED)), written)
+            .values(
+                status=RunStatus.SUCCEEDED,
+                result=bindparam("b_result", type_=runs.c.result.type),
+                updated_at=now,
+                finished_at=now,
+            )
+            .returning(runs.c.id)
+            .cte("ended")
+        )
+        run_entry = select(
+            ended.c.id,
+            literal(EventKind.FINISHED.value, events.c.kind.type),
+            literal(RunStatus.SUCCEEDED.value, events.c.name.type),
+            null(),
+            literal({}, events.c.detail.type),
+            null(),
+            now,
+        )
+        finished = insert(events).from_select(columns, run_entry).returning(events.c.id).cte("finished")
+        picked.append(select(finished.c.id).scalar_subquery())
+    else:
+        picked.append(null())
+    return select(*picked).add_cte(*ctes)
 
 
 # A step that runs long gets its message marked delivered from a per-process thread (see module docstring).
@@ -269,8 +385,7 @@ def _watch() -> None:
             continue
         try:
             with session_scope() as s:
-                for task_id in due:
-                    outbox.mark_delivered(s, task_id)
+                outbox.mark_delivered(s, *due)
             marked.update(due)
         except Exception as exc:  # the next pass tries again; nothing else depends on this thread
             log.warning("could not mark the messages of running steps %s delivered: %s", due, exc)

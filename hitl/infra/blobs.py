@@ -32,22 +32,47 @@ def is_ref(value: Any) -> bool:
 
 def store(session: Session, value: Any) -> Any:
     """Return ``value`` itself if it is small, else a reference to it, stored in the caller's transaction."""
+    kept, blob = split(value)
+    save(session, [blob] if blob is not None else [])
+    return kept
+
+
+def split(value: Any) -> tuple[Any, Blob | None]:
+    """Return ``(value, None)`` if ``value`` is small, else ``(reference, blob)``: the row :func:`save` stores.
+
+    Nothing is written: a caller learns whether a write needs a blob before it opens its transaction.
+    """
     encoded = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     if len(encoded) <= get_settings().inline_payload_bytes:
-        return value
+        return value, None
     digest = hashlib.sha256(encoded).hexdigest()
-    if session.get(Blob, digest) is None:
-        try:
-            with session.begin_nested():  # a racing start of the same input may insert it first
-                session.add(Blob(sha256=digest, data=value, size=len(encoded)))
-        except IntegrityError:
-            pass
-    return {"type": REF_TAG, "sha256": digest, "size": len(encoded)}
+    return {"type": REF_TAG, "sha256": digest, "size": len(encoded)}, Blob(sha256=digest, data=value, size=len(encoded))
 
 
-def store_in_args(session: Session, sigs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Replace each large positional argument of ``sigs`` (signature dicts) by a reference."""
-    return [{**sig, "args": [store(session, a) for a in sig.get("args") or []]} for sig in sigs]
+def save(session: Session, rows: list[Blob]) -> None:
+    """Store the blobs of :func:`split` in ``session`` (the caller's transaction), unless stored already."""
+    for blob in rows:
+        if session.get(Blob, blob.sha256) is None:
+            try:
+                with session.begin_nested():  # a racing start of the same input may insert it first
+                    session.add(blob)
+            except IntegrityError:
+                pass
+
+
+def split_args(sigs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Blob]]:
+    """:func:`split` each positional argument of ``sigs`` (signature dicts): the signatures with references
+    in place of large arguments, and the blobs to :func:`save`."""
+    out, blobs = [], []
+    for sig in sigs:
+        args = []
+        for arg in sig.get("args") or []:
+            kept, blob = split(arg)
+            args.append(kept)
+            if blob is not None:
+                blobs.append(blob)
+        out.append({**sig, "args": args})
+    return out, blobs
 
 
 def resolve(value: Any) -> Any:

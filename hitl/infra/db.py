@@ -37,6 +37,8 @@ _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
 _read_engine: Engine | None = None  # the same engine and pool, with READ_ONLY set on its connections
 _read_factory: sessionmaker[Session] | None = None
+_autocommit_engine: Engine | None = None  # PostgreSQL: the same engine and pool, in autocommit mode
+_one_statement_factory: sessionmaker[Session] | None = None  # see statement_scope
 _pid = 0
 _prepared = False  # the schema was upgraded or checked by this process (or the parent it forked from)
 
@@ -104,13 +106,15 @@ def get_engine(*, prepare: bool = True) -> Engine:
         SchemaOutdated: ``HITL_AUTO_MIGRATE`` is false and the schema is not at the latest migration.
         InfrastructureError: the migration failed.
     """
-    global _engine, _factory, _read_engine, _read_factory, _pid, _prepared
+    global _engine, _factory, _read_engine, _read_factory, _autocommit_engine, _one_statement_factory, _pid, _prepared
     if _engine is None or _pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
         engine = make_engine(env.database_url())
-        _factory = _read_factory = None
+        _factory = _read_factory = _one_statement_factory = None
         _read_engine = engine.execution_options(**{READ_ONLY: True})
+        postgresql = engine.dialect.name == "postgresql"
+        _autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT") if postgresql else None
         _engine = engine
         _pid = os.getpid()
     if prepare and not _prepared:
@@ -150,10 +154,11 @@ def _at_head(engine: Engine) -> bool:
 
 def reset_engine() -> None:
     """Forget this process's engine (the next use creates one from the current settings)."""
-    global _engine, _factory, _read_engine, _read_factory, _prepared
+    global _engine, _factory, _read_engine, _read_factory, _autocommit_engine, _one_statement_factory, _prepared
     if _engine is not None:
         _engine.dispose()
     _engine, _factory, _read_engine, _read_factory, _prepared = None, None, None, None, False
+    _autocommit_engine = _one_statement_factory = None
 
 
 #: SQLite result codes (low byte of ``sqlite_errorcode``) of failures that go away by themselves: busy,
@@ -201,18 +206,22 @@ def db_error(exc: SQLAlchemyError) -> InfrastructureError:
 
 
 @contextmanager
-def read_scope() -> Iterator[Connection]:
+def read_scope(*, one_statement: bool = False) -> Iterator[Connection]:
     """Yield a connection for reads only (Core statements), in a transaction rolled back at the end.
 
-    On SQLite it takes no write lock (see :data:`READ_ONLY`); writing through it is a mistake.
+    On SQLite it takes no write lock (see :data:`READ_ONLY`); writing through it is a mistake. With
+    ``one_statement`` (a read of one statement, which needs no transaction to see one snapshot), PostgreSQL's
+    connection is in autocommit mode: no ``BEGIN`` and no ``ROLLBACK`` round trip (2 round trips, the pool's
+    ping included, instead of 4).
 
     Raises:
         InfrastructureError: the database failed (raised from the SQLAlchemy error).
     """
     get_engine()
-    assert _read_engine is not None
+    engine = _autocommit_engine if one_statement and _autocommit_engine is not None else _read_engine
+    assert engine is not None
     try:
-        with _read_engine.connect() as conn:
+        with engine.connect() as conn:
             yield conn
     except SQLAlchemyError as exc:
         raise db_error(exc) from exc
@@ -243,6 +252,37 @@ def session_scope() -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def statement_scope() -> Iterator[Session]:
+    """Yield a session for a write that is one SQL statement, atomic by itself; otherwise :func:`session_scope`.
+
+    On PostgreSQL the session's connection is in autocommit mode: the statement is its own transaction, and
+    neither ``BEGIN`` nor ``COMMIT`` makes a round trip (a one-statement write takes 1 round trip instead of 3,
+    plus the pool's ping). Each statement commits as it runs, so a unit of work of two writes must not use it.
+    The live-event hooks run as for :func:`session_scope`. On SQLite it is :func:`session_scope` (its
+    ``BEGIN IMMEDIATE`` queues writers, and a round trip there is a function call).
+
+    Raises:
+        InfrastructureError: the database failed (raised from the SQLAlchemy error).
+    """
+    global _one_statement_factory
+    get_engine()
+    if _autocommit_engine is None:
+        with _scope(read_only=False) as session:
+            yield session
+        return
+    if _one_statement_factory is None:
+        from sqlalchemy.orm import sessionmaker
+
+        from hitl.infra import events
+
+        factory = sessionmaker(_autocommit_engine, expire_on_commit=False)
+        events.install(factory)
+        _one_statement_factory = factory
+    with _used(_one_statement_factory(), commit=True) as session:  # its commit sends no COMMIT
+        yield session
+
+
 def _session_factory(*, read_only: bool) -> sessionmaker[Session]:
     """This process's ORM session factory (for writes, or for reads only), made on first use.
 
@@ -268,10 +308,16 @@ def _session_factory(*, read_only: bool) -> sessionmaker[Session]:
 
 @contextmanager
 def _scope(*, read_only: bool) -> Iterator[Session]:
-    session = _session_factory(read_only=read_only)()
+    with _used(_session_factory(read_only=read_only)(), commit=not read_only) as session:
+        yield session
+
+
+@contextmanager
+def _used(session: Session, *, commit: bool) -> Iterator[Session]:
+    """Yield ``session``; commit it on success (if ``commit``), roll it back on error, always close it."""
     try:
         yield session
-        if not read_only:
+        if commit:
             session.commit()
     except SQLAlchemyError as exc:
         session.rollback()

@@ -31,12 +31,12 @@ from celery import signals, signature
 
 from approvals.errors import DomainError, HitlError, Stop
 from approvals.status import EventKind, RunStatus
-from approvals.transitions import add_event, end_run
-from hitl.core.waiting import store_waits
+from approvals.transitions import CHUNK, add_event, end_run
+from hitl.core.waiting import one_statement, store_waits
 from hitl.delivery import outbox
 from hitl.delivery.canvas import FINISH_TASK, HEADER_LAST, HEADER_RECEIPT, HEADER_RUN, HEADER_WAIT, WAIT_TASK
 from hitl.infra.celery_app import app
-from hitl.infra.db import session_scope
+from hitl.infra.db import session_scope, statement_scope
 from hitl.infra.jsonsafe import jsonable
 from hitl.worker.steps import Step
 
@@ -81,7 +81,7 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
 
 def _reach_wait(run_id: str, name: str, task_id: str, subject: Any, wait: dict[str, Any], receipt: str | None) -> None:
     try:
-        with session_scope() as s:
+        with statement_scope() if not receipt and one_statement(wait) else session_scope() as s:
             if receipt:
                 outbox.mark_delivered(s, receipt)
             rows = store_waits(s, run_id, task_id, subject, wait)
@@ -100,7 +100,7 @@ def _reach_wait(run_id: str, name: str, task_id: str, subject: Any, wait: dict[s
 
 def _succeed(run_id: str, name: str, task_id: str, result: Any, receipt: str | None) -> None:
     try:
-        with session_scope() as s:
+        with session_scope() if receipt else statement_scope() as s:  # (end_run is one statement on PostgreSQL)
             if receipt:
                 outbox.mark_delivered(s, receipt)
             end_run(s, run_id, RunStatus.SUCCEEDED, result=result)
@@ -210,7 +210,8 @@ def _note_receipt(task_id: str) -> None:
 
 
 def flush_receipts() -> int:
-    """Mark the outbox rows noted by this process delivered, in one transaction; return how many were written.
+    """Mark the outbox rows noted by this process delivered, one statement per :data:`CHUNK` rows; return how
+    many were written.
 
     A failure keeps them for the next pass (until then, the relay may re-send such a message: the first task
     runs again, which a plain task's at-least-once delivery allows and a journaled step recognises).
@@ -221,9 +222,9 @@ def flush_receipts() -> int:
     if not batch:
         return 0
     try:
-        with session_scope() as s:
-            for task_id in batch:
-                outbox.mark_delivered(s, task_id)
+        with statement_scope() as s:  # each statement commits by itself: marking a row twice is harmless
+            for i in range(0, len(batch), CHUNK):
+                outbox.mark_delivered(s, *batch[i : i + CHUNK])
     except HitlError as exc:
         log.warning("could not mark %d outbox message(s) delivered: %s", len(batch), exc)
         with _receipts_lock:

@@ -34,7 +34,7 @@ from hitl.delivery.canvas import HEADER_LAST, HEADER_RECEIPT, HEADER_RUN, HEADER
 from hitl.delivery.waitspec import parse_duration
 from hitl.infra import blobs
 from hitl.infra.celery_app import app
-from hitl.infra.db import is_transient, session_scope
+from hitl.infra.db import is_transient, session_scope, statement_scope
 from hitl.infra.jsonsafe import jsonable
 
 #: The keyword a step declares to receive its run's id.
@@ -218,7 +218,8 @@ class Step(Task):  # type: ignore[misc]
                 with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
                     return self._finish(s, c, self._run_body(args, {**kwargs, "session": s}), header)
             outcome = self._run_body(args, kwargs)
-            with _requeue_on_database_failure(c.name, c.task_id), session_scope() as s:
+            alone = header is None and outcome[1] is None  # its completion is one statement on PostgreSQL
+            with _requeue_on_database_failure(c.name, c.task_id), statement_scope() if alone else session_scope() as s:
                 return self._finish(s, c, outcome, header)
         except Stop as stop:  # (a transactional step's own writes were rolled back)
             result = jsonable(stop.result)
