@@ -11,7 +11,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, bindparam, event, func, insert, literal, select, text, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, event, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from approvals import tables
@@ -142,6 +142,62 @@ def end_run(
     note_locked_run(session, run_id)
     note_new_events(session, [{**event, "id": event_id}])
     return True
+
+
+def insert_with_event(
+    session: Session,
+    table: Table,
+    row: dict[str, Any],
+    run_id: str,
+    kind: EventKind,
+    name: str,
+    detail: dict[str, Any],
+) -> int:
+    """Insert ``row`` into ``table`` and append a ``kind`` entry to run ``run_id``'s timeline (noted for
+    publishing); return the entry's id. On PostgreSQL both are one statement (``WITH new_row AS (INSERT ...)
+    INSERT INTO hitl_run_events ... RETURNING id``), elsewhere two."""
+    if not on_postgresql(session):
+        session.execute(insert(table), row)
+        return add_event(session, run_id, kind, name, detail=detail)
+    now = utcnow()
+    params = {f"r_{k}": v for k, v in row.items()}
+    params.update(e_run_id=run_id, e_kind=kind, e_name=name, e_detail=detail, e_at=now)
+    event_id = int(session.execute(_insert_with_event_statement(table, tuple(row)), params).scalar_one())
+    entry = {"run_id": run_id, "kind": kind, "name": name, "task_id": None, "detail": detail, "started_at": None}
+    note_new_events(session, [{**entry, "at": now, "id": event_id}])
+    return event_id
+
+
+@functools.cache
+def _insert_with_event_statement(table: Table, columns: tuple[str, ...]) -> Any:
+    new_row = insert(table).values({c: bindparam(f"r_{c}", type_=table.c[c].type) for c in columns}).cte("new_row")
+    entry = {c: bindparam(f"e_{c}", type_=_EVENTS.c[c].type) for c in ("run_id", "kind", "name", "detail", "at")}
+    return insert(_EVENTS).values(entry).returning(_EVENTS.c.id).add_cte(new_row)
+
+
+def move_run_and_insert(session: Session, run_id: str, target: RunStatus, table: Table, row: dict[str, Any]) -> bool:
+    """:func:`move_run` (no other columns) and, whether it moved or not, insert ``row`` into ``table``; return
+    whether the run moved. On PostgreSQL both are one statement, elsewhere two."""
+    if not on_postgresql(session):
+        moved = move_run(session, run_id, target)
+        session.execute(insert(table), row)
+        return moved
+    params = {f"r_{k}": v for k, v in row.items()}
+    params.update(b_id=run_id, b_updated_at=utcnow())
+    moved = session.execute(_move_and_insert_statement(target, table, tuple(row)), params).scalar() is not None
+    if moved:
+        note_locked_run(session, run_id)
+    return moved
+
+
+@functools.cache
+def _move_and_insert_statement(target: RunStatus, table: Table, columns: tuple[str, ...]) -> Any:
+    """``WITH moved AS (UPDATE hitl_runs ... RETURNING id), new_row AS (INSERT ...) SELECT (SELECT id FROM
+    moved)``: NULL when the run did not move (the row is inserted either way)."""
+    moved = _move_run_statement(target, ()).returning(_RUNS.c.id).cte("moved")
+    values = {c: bindparam(f"r_{c}", type_=table.c[c].type) for c in columns}
+    new_row = insert(table).values(values).cte("new_row")
+    return select(select(moved.c.id).scalar_subquery()).add_cte(new_row)
 
 
 def on_postgresql(session: Session) -> bool:

@@ -27,7 +27,8 @@ from approvals.transitions import (
     add_event,
     advance_stage,
     end_run,
-    move_run,
+    insert_with_event,
+    move_run_and_insert,
     resolve_approval,
     resolve_approval_row,
     touch_pending,
@@ -464,26 +465,20 @@ def _record(
     defaulted: bool,
     votes: list[VoteView] | None = None,
 ) -> Decision:
-    s.execute(
-        _INSERT_DECISION,
-        {
-            "approval_id": approval.id,
-            "outcome": outcome.value,
-            "data": data,
-            "actor": actor,
-            "comment": comment,
-            "channel": channel,
-            "decided_at": now,
-        },
-    )
-    if approval.run_id is not None:
-        add_event(
-            s,
-            run_id=approval.run_id,
-            kind=EventKind.RESOLVED,
-            name=approval.key,
-            detail=resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted),
-        )
+    row = {
+        "approval_id": approval.id,
+        "outcome": outcome.value,
+        "data": data,
+        "actor": actor,
+        "comment": comment,
+        "channel": channel,
+        "decided_at": now,
+    }
+    if approval.run_id is None:
+        s.execute(_INSERT_DECISION, row)
+    else:  # the decision and its timeline entry: one statement on PostgreSQL
+        detail = resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted)
+        insert_with_event(s, tables.decisions, row, approval.run_id, EventKind.RESOLVED, approval.key, detail)
     return make_decision(
         approval, outcome, actor=actor, comment=comment, data=data, at=now, defaulted=defaulted, votes=votes
     )
@@ -498,8 +493,11 @@ def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMe
     if not sigs:
         return []
     assert approval.run_id is not None
-    move_run(s, approval.run_id, RunStatus.RUNNING)
-    return [outbox.enqueue(s, approval.run_id, resume_task_id(approval.id), sigs, [decision.model_dump(mode="json")])]
+    row = outbox.new_row(
+        approval.run_id, resume_task_id(approval.id), sigs, [decision.model_dump(mode="json")], utcnow()
+    )
+    move_run_and_insert(s, approval.run_id, RunStatus.RUNNING, tables.outbox, row)  # one statement on PostgreSQL
+    return [OutboxMessage(**row)]
 
 
 def continuation_of(s: Session, approval: Approval, decision: Decision) -> list[Any]:

@@ -1,5 +1,5 @@
 """The writes that are one statement on PostgreSQL (a run's start, a plain wait, a journaled step's completion,
-a run's end) keep the guarantees
+a run's end, a decision's row with its timeline entry and its continuation with the run's status) keep the guarantees
 of the several statements they replace, on both databases: exactly the rows they should write, a second
 delivery recognised, a compare-and-set that loses writes nothing. No worker: the engine functions are called
 as the worker's signal handlers call them, against a real database (SQLite file, PostgreSQL server).
@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 import hitl
 from approvals.errors import LostClaim
-from approvals.models import Approval, OutboxMessage, Run, RunEvent, StepRecord
+from approvals.models import Approval, DecisionRecord, OutboxMessage, Run, RunEvent, StepRecord
 from approvals.status import ApprovalStatus, EventKind, RunStatus, StepStatus
 from approvals.transitions import end_run, move_run
+from hitl.core.resume import resume_task_id
 from hitl.core.waiting import one_statement, store_waits
 from hitl.delivery import steplog
 from hitl.infra.db import read_session, session_scope, statement_scope
@@ -173,3 +174,23 @@ def test_a_journaled_step_finishes_once_with_its_entry_receipt_and_the_run_moved
         EventKind.FINISHED,
     ]
     assert steplog.check(run_id, "tests.after", f"{run_id}.4").skip  # the run has ended
+
+
+def test_a_decision_writes_its_row_its_entry_the_run_and_its_continuation(engine: Path) -> None:
+    run_id = hitl.start("gate", {})
+    with statement_scope() as s:
+        store_waits(s, run_id, f"{run_id}.1", {"amount": 3}, WAIT)
+    (approval,) = _approvals(run_id)
+    decision = hitl.approve(approval.id, actor="ann", comment="fine")
+    assert decision.outcome is hitl.Outcome.APPROVED
+    with read_session() as s:
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.task_id == resume_task_id(approval.id)))
+        stored = s.get(DecisionRecord, approval.id)
+    assert stored is not None and (stored.outcome, stored.actor, stored.comment) == ("approved", "ann", "fine")
+    assert row is not None and row.signature["tasks"] == [WAIT["continuation"]]
+    assert row.args[0]["outcome"] == "approved" and row.args[0]["run_id"] == run_id
+    assert _status(run_id) is RunStatus.RUNNING
+    assert _timeline(run_id) == [EventKind.CREATED, EventKind.WAITING, EventKind.RESOLVED]
+    with pytest.raises(hitl.AlreadyDecided):
+        hitl.reject(approval.id, actor="ann")
+    assert _timeline(run_id) == [EventKind.CREATED, EventKind.WAITING, EventKind.RESOLVED]  # nothing more
