@@ -148,19 +148,14 @@ def _start_statement() -> Any:
         .returning(runs.c.id)
         .cte("new_run")
     )
+
+    def for_the_run(table: Any, prefix: str, columns: list[str]) -> Any:  # INSERT ... SELECT new_run.id, :params
+        return insert(table).from_select(["run_id", *columns], select(new_run.c.id, *params(table, prefix, columns)))
+
     event_columns = ["kind", "name", "task_id", "detail", "started_at", "at"]
-    new_event = (
-        insert(events)
-        .from_select(["run_id", *event_columns], select(new_run.c.id, *params(events, "e_", event_columns)))
-        .returning(events.c.id)
-        .cte("new_event")
-    )
+    new_event = for_the_run(events, "e_", event_columns).returning(events.c.id).cte("new_event")
     row_columns = ["task_id", "signature", "args", "created_at", "sent_at", "attempts"]
-    new_message = (
-        insert(rows)
-        .from_select(["run_id", *row_columns], select(new_run.c.id, *params(rows, "o_", row_columns)))
-        .cte("new_message")
-    )
+    new_message = for_the_run(rows, "o_", row_columns).cte("new_message")
     return select(new_event.c.id).add_cte(new_message)
 
 
