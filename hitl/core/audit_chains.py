@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from approvals import tables
@@ -166,6 +166,10 @@ def lock_named(session: Session, chain: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:chain, 0))"), {"chain": chain})
 
 
+#: The newest entry's hash of one chain (built once: a decision reads it every time).
+_NEWEST = select(TABLE.c.hash).where(TABLE.c.chain == bindparam("chain")).order_by(TABLE.c.id.desc()).limit(1)
+
+
 def heads(session: Session, chains: Sequence[str]) -> dict[str, str]:
     """Return the hash of the newest entry of each of ``chains`` that has entries (call it under their locks).
 
@@ -174,8 +178,7 @@ def heads(session: Session, chains: Sequence[str]) -> dict[str, str]:
     """
     if len(chains) == 1:
         [chain] = chains
-        newest = select(TABLE.c.hash).where(TABLE.c.chain == chain).order_by(TABLE.c.id.desc()).limit(1)
-        found = session.scalar(newest)
+        found = session.scalar(_NEWEST, {"chain": chain})
         return {} if found is None else {chain: found}
     unique = sorted(set(chains))
     result: dict[str, str] = {}
