@@ -29,6 +29,8 @@ from approvals.transitions import (
     end_run,
     insert_with_event,
     move_run_and_insert,
+    on_postgresql,
+    resolve_and_record,
     resolve_approval,
     resolve_approval_row,
     touch_pending,
@@ -251,13 +253,28 @@ def _decide_once(
     now: datetime,
     link_nonce: str | None,
 ) -> _Decided | DomainError:
-    """Decide a single-decider approval; return why not (changing nothing) when its compare-and-set lost."""
-    approval = resolve_approval_row(s, approval_id, outcome.approval_status, before_deadline=now)
+    """Decide a single-decider approval; return why not (changing nothing) when its compare-and-set lost.
+
+    On PostgreSQL the compare-and-set, the decision row and its timeline entry are one statement
+    (:func:`~approvals.transitions.resolve_and_record`); a decision that then fails its schema or its link rolls
+    all three back, as it rolls back the compare-and-set alone elsewhere.
+    """
+    recorded = on_postgresql(s)
+    if recorded:
+        row = _decision_row(outcome, actor, comment, data, channel, now)
+        detail = resolved_detail(approval_id, outcome, actor, comment, channel, defaulted=False)
+        approval = resolve_and_record(
+            s, approval_id, outcome.approval_status, before_deadline=now, decision=row, detail=detail
+        )
+    else:
+        approval = resolve_approval_row(s, approval_id, outcome.approval_status, before_deadline=now)
     if approval is None:
         return why_not_pending(s, approval_id, now)
     validate_decision_data(approval.decision_schema, data, outcome)  # raising rolls the CAS back
     if link_nonce is not None:
         _use_link(s, approval_id, link_nonce, actor)
+    if recorded:
+        return _Decided(approval, make_decision(approval, outcome, actor=actor, comment=comment, data=data, at=now))
     return _Decided(approval, _record(s, approval, outcome, actor, comment, data, channel, now, defaulted=False))
 
 
@@ -465,8 +482,27 @@ def _record(
     defaulted: bool,
     votes: list[VoteView] | None = None,
 ) -> Decision:
-    row = {
-        "approval_id": approval.id,
+    row = {"approval_id": approval.id, **_decision_row(outcome, actor, comment, data, channel, now)}
+    if approval.run_id is None:
+        s.execute(_INSERT_DECISION, row)
+    else:  # the decision and its timeline entry: one statement on PostgreSQL
+        detail = resolved_detail(approval.id, outcome, actor, comment, channel, defaulted=defaulted)
+        insert_with_event(s, tables.decisions, row, approval.run_id, EventKind.RESOLVED, approval.key, detail)
+    return make_decision(
+        approval, outcome, actor=actor, comment=comment, data=data, at=now, defaulted=defaulted, votes=votes
+    )
+
+
+def _decision_row(
+    outcome: Outcome,
+    actor: str,
+    comment: str | None,
+    data: dict[str, Any],
+    channel: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``hitl_decisions`` columns of a decision, but ``approval_id``."""
+    return {
         "outcome": outcome.value,
         "data": data,
         "actor": actor,
@@ -474,14 +510,6 @@ def _record(
         "channel": channel,
         "decided_at": now,
     }
-    if approval.run_id is None:
-        s.execute(_INSERT_DECISION, row)
-    else:  # the decision and its timeline entry: one statement on PostgreSQL
-        detail = resolved_detail(approval, outcome, actor, comment, channel, defaulted=defaulted)
-        insert_with_event(s, tables.decisions, row, approval.run_id, EventKind.RESOLVED, approval.key, detail)
-    return make_decision(
-        approval, outcome, actor=actor, comment=comment, data=data, at=now, defaulted=defaulted, votes=votes
-    )
 
 
 def _resume(s: Session, approval: Approval, decision: Decision) -> list[OutboxMessage]:

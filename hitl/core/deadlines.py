@@ -116,7 +116,7 @@ def _resolve(s: Session, due: list[Approval], now: datetime) -> list[OutboxMessa
                 "name": approval.key,
                 "task_id": None,
                 "started_at": None,
-                "detail": resolved_detail(approval, outcome, DEADLINE_ACTOR, None, "deadline", defaulted=defaulted),
+                "detail": resolved_detail(approval.id, outcome, DEADLINE_ACTOR, None, "deadline", defaulted=defaulted),
                 "at": now,
             }
         )

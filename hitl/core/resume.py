@@ -57,11 +57,11 @@ def make_decision(
 
 
 def resolved_detail(
-    approval: Approval, outcome: Outcome, actor: str, comment: str | None, channel: str, *, defaulted: bool
+    approval_id: str, outcome: Outcome, actor: str, comment: str | None, channel: str, *, defaulted: bool
 ) -> dict[str, Any]:
-    """Return the detail of an ``input_resolved`` timeline entry (the live event's payload)."""
+    """Return the detail of approval ``approval_id``'s ``input_resolved`` timeline entry (the live event's payload)."""
     return {
-        "approval_id": approval.id,
+        "approval_id": approval_id,
         "outcome": outcome.value,
         "actor": actor,
         "comment": comment,
