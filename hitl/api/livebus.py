@@ -180,8 +180,8 @@ class RedisHub(Hub):
 
     def _connect(self) -> None:
         import redis.asyncio
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         # No silent reconnects: messages published while reconnecting would be lost without the streams
         # knowing; on an error every stream ends instead and its client replays from the timeline.
