@@ -52,6 +52,7 @@ from hitl.core.audit_chains import (
     STRAY_CHAIN,
     TABLE,
     anchor_payload,
+    append_one,
     canonical_json,
     entry_hash,
     heads,
@@ -163,6 +164,8 @@ def record(
     session.flush()  # what the caller added goes first (the entry may refer to it)
     [(chain, fields["run_id"])] = place(session, [(fields["run_id"], fields["approval_id"])])
     fields["chain"] = chain
+    if session.get_bind().dialect.name == "postgresql" and (entry_id := append_one(session, fields)) is not None:
+        return entry_id
     fields["prev_hash"] = heads(session, [chain]).get(chain, GENESIS)
     return int(session.execute(_INSERT_ENTRY, {**fields, "hash": entry_hash(fields)}).scalar_one())
 

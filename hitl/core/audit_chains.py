@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import LargeBinary, bindparam, func, insert, literal, select, text
 from sqlalchemy.orm import Session
 
 from approvals import tables
@@ -94,11 +94,16 @@ def entry_hash(fields: dict[str, Any]) -> str:
     Raises:
         KeyError: a hashed field is missing from ``fields``.
     """
+    return hashlib.sha256(_canonical_entry(fields)).hexdigest()
+
+
+def _canonical_entry(fields: dict[str, Any]) -> bytes:
+    """The canonical JSON :func:`entry_hash` hashes (``at`` in ISO 8601, UTC, microseconds)."""
     names = [n for n in HASHED_FIELDS if n != "chain" or fields["chain"] != LEGACY_CHAIN]
     values = {name: fields[name] for name in names}
     at: datetime = values["at"]
     values["at"] = at.astimezone(UTC).isoformat(timespec="microseconds")
-    return hashlib.sha256(canonical_json(values)).hexdigest()
+    return canonical_json(values)
 
 
 class Placed(NamedTuple):
@@ -189,6 +194,55 @@ def heads(session: Session, chains: Sequence[str]) -> dict[str, str]:
         found = session.execute(select(TABLE.c.chain, TABLE.c.hash).where(TABLE.c.id.in_(newest_ids)))
         result.update((chain, hash_) for chain, hash_ in found)
     return result
+
+
+#: The one-statement append (PostgreSQL): the head read and the INSERT in one statement, the entry's hash
+#: computed by the server from the canonical JSON around ``prev_hash`` (:func:`append_one`).
+_HEAD = select(func.coalesce(_NEWEST.scalar_subquery(), literal(GENESIS)).label("prev")).subquery("head")
+_APPEND = (
+    insert(TABLE)
+    .from_select(
+        [*(n for n in HASHED_FIELDS if n != "prev_hash"), "prev_hash", "hash"],
+        select(
+            *(bindparam(n, type_=TABLE.c[n].type) for n in HASHED_FIELDS if n != "prev_hash"),
+            _HEAD.c.prev,
+            func.encode(
+                func.sha256(
+                    bindparam("before", type_=LargeBinary)
+                    .op("||")(func.convert_to(_HEAD.c.prev, literal("UTF8")))
+                    .op("||")(bindparam("after", type_=LargeBinary))
+                ),
+                literal("hex"),
+            ),
+        ).select_from(_HEAD),
+    )
+    .returning(TABLE.c.id)
+)
+_PREV_MARK = b'"prev_hash":"' + GENESIS.encode() + b'"'
+
+
+def append_one(session: Session, fields: dict[str, Any]) -> int | None:
+    """Append one entry to its chain in one statement (PostgreSQL, under the chain's lock); return its id.
+
+    The same entry :func:`heads` and an INSERT would write, with one round trip fewer: the head is read by a
+    subquery of the INSERT, and the hash is ``sha256(before || head || after)`` on the server (``sha256`` is
+    built in since PostgreSQL 11), where ``before`` and ``after`` are the entry's canonical JSON
+    (:func:`entry_hash`) on each side of the ``prev_hash`` value. The statement is later than the one that took
+    the chain's lock, so under READ COMMITTED it sees every entry committed before the lock was granted.
+
+    Args:
+        fields: :data:`HASHED_FIELDS` but ``prev_hash`` (``chain`` set by :func:`place`; not the legacy chain).
+
+    Returns:
+        The entry's id, or None when the canonical JSON does not split around ``prev_hash`` exactly once (the
+        caller then appends in two statements).
+    """
+    encoded = _canonical_entry({**fields, "prev_hash": GENESIS})
+    before, mark, after = encoded.partition(_PREV_MARK)
+    if not mark or _PREV_MARK in after:
+        return None
+    params = {**fields, "before": before + b'"prev_hash":"', "after": b'"' + after}
+    return int(session.execute(_APPEND, params).scalar_one())
 
 
 def anchor_payload(heads: Sequence[tuple[str, int, str]], through: int, rescan_after: int) -> dict[str, Any]:

@@ -386,6 +386,48 @@ def test_concurrent_appends_to_one_runs_chain_never_share_a_predecessor(on_postg
     assert audit.verify().ok
 
 
+def test_an_append_on_postgresql_is_one_statement_and_hashes_as_entry_hash_does(on_postgres: None) -> None:
+    """The server computes the hash (``sha256`` around the head it reads): it must equal :func:`entry_hash` for
+    any text, including quotes, backslashes, non-ASCII, a comment that spells the ``prev_hash`` key, and NULLs."""
+    from sqlalchemy import event
+
+    from hitl.infra.db import get_engine
+
+    run_id = new_run()
+    comments = [None, 'say "yes"\\', "Grüße 日本 \u2028 emoji 🎉", '"prev_hash":"' + audit.GENESIS + '"', ""]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        for i, comment in enumerate(comments):
+            with session_scope() as s:
+                s.execute(text("SELECT 1"))  # the transaction has begun: what follows is record's alone
+                statements.clear()
+                audit.record(
+                    s,
+                    action="decide",
+                    actor=f"ä{i}",
+                    channel="cli",
+                    accepted=bool(i % 2),
+                    run_id=run_id,
+                    comment=comment,
+                    reason=None if i % 2 else "no",
+                    payload={"n": i, "note": comment},
+                )
+                assert len(statements) == 2, statements  # the run's lock, then the head read and INSERT in one
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
+    chain = audit.entries(chain=run_id)
+    assert [e.comment for e in chain] == comments
+    assert [e.prev_hash for e in chain] == [audit.GENESIS] + [e.hash for e in chain[:-1]]
+    for e in chain:
+        assert e.hash == audit.entry_hash(e.model_dump())
+    assert audit.verify().ok
+
+
 def _second_approval(run_id: str) -> str:
     """Add a second pending approval to ``run_id`` (as a parallel wait will)."""
     approval_id = new_id()
