@@ -63,17 +63,6 @@ def move_run(session: Session, run_id: str, target: RunStatus, **values: Any) ->
     return moved
 
 
-def move_run_returning(session: Session, run_id: str, target: RunStatus, column: str) -> tuple[bool, Any]:
-    """:func:`move_run` (no other columns) that also reads ``column`` of the run it moved, in the same
-    ``UPDATE ... RETURNING``; returns ``(moved, value)``, the value None when it did not move."""
-    stmt = _move_run_statement(target, ()).returning(_RUNS.c[column])
-    row = session.execute(stmt, {"b_id": run_id, "b_updated_at": utcnow()}).one_or_none()
-    if row is None:
-        return False, None
-    note_locked_run(session, run_id)
-    return True, row[0]
-
-
 #: ``session.info`` key: ids of the runs whose rows this transaction has updated (and so holds locked until it
 #: ends). The audit log's per-run chains need that lock (:func:`hitl.core.audit_chains.place`) and skip taking it again.
 LOCKED_RUNS_KEY = "hitl_locked_runs"

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from approvals import tables
 from approvals.errors import Stop
-from approvals.models import Approval, OutboxMessage, note_new_events, utcnow
+from approvals.models import OutboxMessage, note_new_events, utcnow
 from approvals.status import ApprovalStatus, EventKind, RunStatus, run_sources
-from approvals.transitions import add_event, move_run, move_run_returning, note_locked_run, on_postgresql
+from approvals.transitions import add_event, move_run, note_locked_run, on_postgresql
 from hitl.core import completion, lookback, resume
 from hitl.delivery import outbox
 from hitl.infra.ids import new_id
@@ -58,15 +58,19 @@ def store_waits(s: Session, run_id: str, task_id: str, subject: Any, header: dic
     if on_postgresql(s) and one_statement(header):
         _store_one(s, run_id, task_id, subject, specs[0], continuation)
         return []
-    if s.scalar(select(Approval.id).where(Approval.step_task_id == task_id)):
-        return []  # a second delivery: the approvals are stored
     if len(specs) == 1 and join is None and specs[0].get("idempotency_key"):
+        if s.execute(_STORED, {"a_step_task_id": task_id}).first() is not None:
+            return []  # a second delivery: the approval is stored
         taken = _take_ahead(s, run_id, task_id, subject, specs[0], continuation)
         if taken is not None:
             return taken
-    moved, requester = move_run_returning(s, run_id, RunStatus.WAITING, "requester")
-    if not moved:
-        return []  # the run was cancelled or has ended meanwhile: nothing to wait for
+    # The run's compare-and-set, which also checks that no approval of this task is stored (a second delivery).
+    moved = s.execute(_MOVE_TO_WAITING, {"b_id": run_id, "b_updated_at": utcnow(), "a_step_task_id": task_id})
+    returned = moved.one_or_none()
+    if returned is None:
+        return []  # a second delivery, or the run was cancelled or has ended meanwhile: nothing to wait for
+    note_locked_run(s, run_id)
+    requester = returned[0]
     join_id = new_id() if join is not None else None
     now = utcnow()
     for index, spec in enumerate(specs):
@@ -140,6 +144,23 @@ _APPROVAL_COLUMNS = [
 ]
 
 
+#: An approval stored for the task ``a_step_task_id`` (a second delivery of the task that reached the wait).
+_STORED = select(tables.approvals.c.id).where(tables.approvals.c.step_task_id == bindparam("a_step_task_id"))
+#: The run's move to ``waiting`` (parameters ``b_id``, ``b_updated_at``): a compare-and-set on its status that
+#: also checks that no approval of the task ``a_step_task_id`` is stored; returns the run's requester, or no row
+#: when nothing moved. Built once: building and cache-keying an ORM ``select`` per wait cost more than running it.
+_MOVE_TO_WAITING = (
+    update(tables.runs)
+    .where(
+        tables.runs.c.id == bindparam("b_id"),
+        tables.runs.c.status.in_(run_sources(RunStatus.WAITING)),
+        ~_STORED.exists(),
+    )
+    .values(status=RunStatus.WAITING, updated_at=bindparam("b_updated_at", type_=tables.runs.c.updated_at.type))
+    .returning(tables.runs.c.requester)
+)
+
+
 @functools.cache
 def _wait_statement() -> Any:
     """PostgreSQL: ``WITH moved AS (UPDATE hitl_runs SET status = 'waiting' ... WHERE id = :run AND status IN
@@ -150,15 +171,8 @@ def _wait_statement() -> Any:
     Parameters: ``b_id`` (the run), ``b_updated_at``, ``a_<column>`` for the approval's columns
     (:data:`_APPROVAL_COLUMNS`) and ``e_detail``. No row comes back when nothing was stored.
     """
-    runs, approvals, events = tables.runs, tables.approvals, tables.run_events
-    stored = select(approvals.c.id).where(approvals.c.step_task_id == bindparam("a_step_task_id"))
-    moved = (
-        update(runs)
-        .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(run_sources(RunStatus.WAITING)), ~stored.exists())
-        .values(status=RunStatus.WAITING, updated_at=bindparam("b_updated_at", type_=runs.c.updated_at.type))
-        .returning(runs.c.requester)
-        .cte("moved")
-    )
+    approvals, events = tables.approvals, tables.run_events
+    moved = _MOVE_TO_WAITING.cte("moved")
     columns = [bindparam(f"a_{c}", type_=approvals.c[c].type) for c in _APPROVAL_COLUMNS]
     new_approval = (
         insert(approvals)

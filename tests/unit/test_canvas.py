@@ -201,3 +201,26 @@ def test_a_registered_workflow_shows_its_shape_in_run_order() -> None:
         "group(tests.plain.part0, tests.plain.part0) → parallel(wait(legal), wait(finance)) → tests.plain.draft"
     )
     assert get_workflow("needs-a-payload").shape is None
+
+
+def test_a_sent_message_shows_its_arguments_as_their_repr_cut_at_celerys_limit(engine_env: Any) -> None:
+    """What Flower and the worker's log show of a message hitl sends: ``repr`` of its JSON arguments, cut at
+    Celery's ``argsrepr_maxsize`` with ``...``, as Celery's ``saferepr`` would show them."""
+    from hitl.delivery.canvas import apply_canvas, short_repr
+    from hitl.infra.celery_app import app
+
+    decision = {"outcome": "approved", "actor": "ann", "comment": None, "data": {"n": 1.5, "ok": True}}
+    big = {"note": "x" * 5000}
+    stored = [{"task": "tests.after", "args": [], "kwargs": {}, "options": {}, "subtask_type": None}]
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("celery")
+        queue.clear()
+        apply_canvas(stored, [decision], "row-1", "run-1")
+        apply_canvas(stored, [big], "row-2", "run-1")
+        first, second = queue.get(timeout=5), queue.get(timeout=5)
+        queue.close()
+    assert first.headers["argsrepr"] == repr([decision]) and first.headers["kwargsrepr"] == "{}"
+    assert first.headers["root_id"] == "run-1" and first.headers["hitl_receipt"] == "row-1"
+    shown = second.headers["argsrepr"]
+    assert len(shown) == app.amqp.argsrepr_maxsize and shown.endswith("...") and shown.startswith("[{'note': 'xxx")
+    assert short_repr([1, "a"]) == "[1, 'a']"
