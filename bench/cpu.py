@@ -88,7 +88,8 @@ def workloads(n: int) -> dict[str, Callable[[], None]]:
         def go() -> None:
             _redis().set(DONE_KEY, 0)
             for i in range(n):
-                chain(*[plain_step.s(i) if k == 0 else plain_step.s() for k in range(tasks - 1)], plain_last.s()).delay()
+                links = [plain_step.s(i) if k == 0 else plain_step.s() for k in range(tasks - 1)]
+                chain(*links, plain_last.s()).delay()
             wait_until(lambda: int(_redis().get(DONE_KEY) or 0) >= n, interval=0.1)
 
         return go
@@ -155,7 +156,106 @@ def run_db(db: str, n: int, rounds: int, pg: Any) -> dict[str, list[dict[str, fl
             for name, load in loads.items():
                 results.setdefault(name, []).append(measure(pid, n, load))
             print(f"  {db}: round {r + 1} of {rounds} done", flush=True)
+        work = database_work(n)
+    report(db, results)
+    report_database_work(db, work, results)
     return results
+
+
+def database_work(n: int) -> dict[str, dict[str, float]]:
+    """What hitl's own writes cost, without Celery: ms of CPU per call in this process and in PostgreSQL.
+
+    Each write goes through the engine's own functions, in this process, with nothing published (the outbox's
+    publish is replaced by a no-op for the measurement): ``start`` is ``hitl.start`` of the no-wait workflow
+    (validation, compiling its canvas and the start's write), ``wait`` the wait's write (:func:`store_waits`, as the
+    worker of the task before the wait makes it), ``end`` a run's end (:func:`end_run`, as the worker of the
+    last task makes it) and ``decision`` ``hitl.approve``'s transaction.
+    """
+    from unittest import mock
+
+    import hitl
+    from approvals.status import RunStatus
+    from approvals.transitions import end_run
+    from bench.flows import bench_pause_plain
+    from hitl.core.waiting import store_waits
+    from hitl.delivery import outbox
+    from hitl.delivery.canvas import HEADER_WAIT, compile_canvas, map_leaves
+    from hitl.infra.db import statement_scope
+
+    def group_cpu() -> dict[str, float]:
+        out = {"client": time.process_time(), "postgres": 0.0}
+        for p in psutil.process_iter(["name"]):
+            if (p.info["name"] or "").startswith("postgres"):
+                out["postgres"] += _cpu(p)
+        return out
+
+    def timed(name: str, fn: Callable[[int], object]) -> None:
+        before = group_cpu()
+        for i in range(n):
+            fn(i)
+        after = group_cpu()
+        results[name] = {g: (after[g] - before[g]) * 1000 / n for g in before}
+
+    results: dict[str, dict[str, float]] = {}
+    with mock.patch.object(outbox, "publish", lambda rows, strict=False: len(rows)):
+        runs = [hitl.start("bench-pause-plain", i) for i in range(n)]  # warm-up, and runs to wait and end
+        waits: list[tuple[str, str, dict[str, Any]]] = []
+        for run_id in runs:
+            found: list[dict[str, Any]] = []
+
+            def collect(leaf: dict[str, Any], found: list[dict[str, Any]] = found) -> dict[str, Any]:
+                found.append(leaf)
+                return leaf
+
+            map_leaves(compile_canvas(bench_pause_plain(0), run_id) or {}, collect)
+            leaf = next(f for f in found if HEADER_WAIT in (f["options"].get("headers") or {}))
+            waits.append((run_id, leaf["options"]["task_id"], leaf["options"]["headers"][HEADER_WAIT]))
+        timed("start", lambda i: hitl.start("bench-nowait-plain", i))
+
+        def wait(i: int) -> None:
+            with statement_scope() as s:
+                store_waits(s, waits[i][0], waits[i][1], i, waits[i][2])
+
+        timed("wait", wait)
+        approvals = [a.id for a in hitl.list_approvals(workflow="bench-pause-plain", limit=n)]
+        timed("decision", lambda i: hitl.approve(approvals[i], actor="bench"))
+
+        def end(i: int) -> None:
+            with statement_scope() as s:
+                end_run(s, runs[i], RunStatus.SUCCEEDED, result=i)
+
+        timed("end", end)
+    return results
+
+
+def report_database_work(
+    db: str, work: dict[str, dict[str, float]], results: dict[str, list[dict[str, float]]]
+) -> None:
+    """Print each figure's budget (what its target leaves for hitl, from the plain-Celery CPU just measured)
+    against the database work that figure's runs cannot do without."""
+
+    def total(name: str) -> float:
+        return sum(statistics.median(r[g] for r in results[name]) for g in GROUPS)
+
+    def cost(*names: str) -> float:
+        return sum(sum(work[n].values()) for n in names)
+
+    print(f"\n{db}: hitl's writes alone, ms of CPU per call (this process + PostgreSQL; nothing published)")
+    for name, w in work.items():
+        print(f"  {name:10} client {w['client']:6.2f}  postgres {w['postgres']:6.2f}  total {sum(w.values()):6.2f}")
+    print(f"{db}: what each target leaves hitl per run (plain Celery's CPU x (1/target - 1)) against those writes")
+    for figure, target, twin, writes in (
+        ("1. start→pause", 0.9, "plain-3", ("start", "wait")),
+        ("2. decision→done", 0.85, "plain-2", ("decision", "end")),
+        ("6. no wait", 0.95, "plain-3", ("start", "end")),
+    ):
+        budget = total(twin) * (1 / target - 1)
+        writes_cost = cost(*writes)
+        best = total(twin) / (total(twin) + writes_cost)
+        print(
+            f"  {figure:18} target {target:.2f}x  budget {budget:5.2f} ms  writes ({' + '.join(writes)}) "
+            f"{writes_cost:5.2f} ms  -> best ratio with only these writes {best:.2f}x"
+        )
 
 
 def report(db: str, results: dict[str, list[dict[str, float]]]) -> None:
@@ -185,7 +285,7 @@ def main() -> int:
     try:
         for db in dbs:
             print(f"measuring on {db}...", flush=True)
-            report(db, run_db(db, args.runs, args.rounds, pg))
+            run_db(db, args.runs, args.rounds, pg)
     finally:
         if pg is not None:
             pg.stop()
