@@ -413,17 +413,18 @@ def apply_canvas(sigs: list[Sig], args: list[Any], task_id: str, run_id: str | N
         signature(head, app=app).apply_async(
             chain=[dict(t) for t in reversed(rest)] or None,
             retry_policy=OUTBOX_RETRY_POLICY,
-            argsrepr=short_repr(head.get("args") or []),
-            kwargsrepr=short_repr(head.get("kwargs") or {}),
+            argsrepr=short_repr(head.get("args") or [], app.amqp.argsrepr_maxsize),
+            kwargsrepr=short_repr(head.get("kwargs") or {}, app.amqp.kwargsrepr_maxsize),
             **options,
         )
         return
     as_chain(stored).apply_async(retry_policy=OUTBOX_RETRY_POLICY, **options)
 
 
-def short_repr(value: Any) -> str:
-    """``repr(value)`` cut to Celery's ``argsrepr_maxsize`` (1,024 characters, ending ``...`` when cut): the
-    ``argsrepr``/``kwargsrepr`` of a message hitl sends, which Flower and the worker's log show.
+def short_repr(value: Any, limit: int) -> str:
+    """``repr(value)`` cut to ``limit`` characters, ending ``...`` when cut: the ``argsrepr``/``kwargsrepr`` of a
+    message hitl sends (Celery's ``argsrepr_maxsize``/``kwargsrepr_maxsize``, 1,024 each), which Flower and the
+    worker's log show.
 
     Celery computes them with its ``saferepr``, which walks the value in Python to stay safe on any object
     (``celery.app.amqp.AMQP.as_task_v2``): about 100 µs for a decision, against 2 µs for the built-in ``repr``
@@ -431,7 +432,6 @@ def short_repr(value: Any) -> str:
     whose ``repr`` is plain.
     """
     text = repr(value)
-    limit = int(app.amqp.argsrepr_maxsize)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -223,4 +223,4 @@ def test_a_sent_message_shows_its_arguments_as_their_repr_cut_at_celerys_limit(e
     assert first.headers["root_id"] == "run-1" and first.headers["hitl_receipt"] == "row-1"
     shown = second.headers["argsrepr"]
     assert len(shown) == app.amqp.argsrepr_maxsize and shown.endswith("...") and shown.startswith("[{'note': 'xxx")
-    assert short_repr([1, "a"]) == "[1, 'a']"
+    assert short_repr([1, "a"], 1024) == "[1, 'a']" and short_repr([1, 2, 3, 4], 7) == "[1, ..."
