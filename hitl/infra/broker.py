@@ -5,6 +5,12 @@ listens on a Unix socket in ``HITL_HOME`` (so every process that shares ``HITL_H
 without asking anyone), keeps an append-only file there so queued messages survive a restart, and runs as
 a daemon until ``hitl broker stop``. Starting is guarded by a file lock: many processes may call
 :func:`ensure_broker` at once and one server starts.
+
+A server that does not answer a PING in time is not taken for a stopped one while its process, named in
+``redis.pid``, is alive: a second server would take over the socket's path, and processes already connected to
+the first (a worker, beat) would go on with it while new ones (``hitl start``, ``hitl approve``) published to the
+second, which nobody consumes (seen under load: three concurrent ``hitl approve`` processes, one of which started
+a second server, and every later run stalled).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -88,7 +95,13 @@ def _ping(ep: Endpoint, timeout: float = 0.5) -> bool:
             s.settimeout(timeout)
             s.connect(target)
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = b""
+            while b"\r\n" not in reply and len(reply) < 64:  # a stream socket may hand the reply over in parts
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.startswith(b"+PONG")
     except OSError:
         return False
 
@@ -101,8 +114,12 @@ def is_running(settings: Settings | None = None) -> bool:
 def ensure_broker(settings: Settings | None = None) -> str:
     """Start the embedded server unless it is running or a broker URL is configured; return the URL.
 
+    A server whose process is alive (:func:`server_pid`) but does not answer PING is waited for, up to
+    ``START_TIMEOUT_SECONDS``, and never replaced by a second one.
+
     Raises:
-        BrokerUnavailable: the server did not answer within ``START_TIMEOUT_SECONDS``.
+        BrokerUnavailable: the server did not answer within ``START_TIMEOUT_SECONDS`` (10 s), whether this call
+            started it or found its process alive.
     """
     settings = settings or get_settings()
     if not settings.embedded_broker:
@@ -113,9 +130,52 @@ def ensure_broker(settings: Settings | None = None) -> str:
     home = settings.home_dir
     with open(home / "redis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _ping(ep):
+        if _ping(ep):
+            return ep.url
+        pid = server_pid(home)
+        if pid is None:
             _start(settings, ep)
+        elif not _answers_within(ep, START_TIMEOUT_SECONDS):  # alive but busy (or stopped): wait for it
+            raise BrokerUnavailable(
+                f"the embedded Redis server (pid {pid}) is running but does not answer; see {home / 'redis.log'}"
+            )
     return ep.url
+
+
+def server_pid(home: Path) -> int | None:
+    """The pid of the embedded server of ``home`` when its process is alive (from ``redis.pid``), else None.
+
+    A pid whose process is gone, a zombie, or (where ``/proc`` tells) a process that is not a Redis server (the
+    pid was reused after the server was killed) counts as no server.
+    """
+    try:
+        pid = int((home / "redis.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, and another user's
+        return pid
+    proc = Path("/proc") / str(pid)
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return pid  # no /proc here (macOS): the signal check is all there is
+    if state in ("Z", "X") or not (b"redis-server" in cmdline or b"valkey-server" in cmdline):
+        return None
+    return pid
+
+
+def _answers_within(ep: Endpoint, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _ping(ep):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _start(settings: Settings, ep: Endpoint) -> None:
@@ -144,12 +204,8 @@ def _start(settings: Settings, ep: Endpoint) -> None:
     else:
         args += ["--port", str(ep.port), "--bind", "127.0.0.1"]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if _ping(ep):
-            return
-        time.sleep(0.05)
-    raise BrokerUnavailable(f"the embedded Redis server did not start; see {home / 'redis.log'}")
+    if not _answers_within(ep, START_TIMEOUT_SECONDS):
+        raise BrokerUnavailable(f"the embedded Redis server did not start; see {home / 'redis.log'}")
 
 
 def stop_broker(settings: Settings | None = None) -> bool:
