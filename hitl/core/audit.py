@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from approvals.errors import InfrastructureError
 from approvals.models import Approval, AuditRecord, utcnow
 from approvals.tables import not_indexed
+from approvals.transitions import on_postgresql
 from hitl.core.audit_chains import (
     ANCHOR_CHAIN,
     GENESIS,
@@ -164,7 +165,7 @@ def record(
     session.flush()  # what the caller added goes first (the entry may refer to it)
     [(chain, fields["run_id"])] = place(session, [(fields["run_id"], fields["approval_id"])])
     fields["chain"] = chain
-    if session.get_bind().dialect.name == "postgresql" and (entry_id := append_one(session, fields)) is not None:
+    if on_postgresql(session) and (entry_id := append_one(session, fields)) is not None:
         return entry_id
     fields["prev_hash"] = heads(session, [chain]).get(chain, GENESIS)
     return int(session.execute(_INSERT_ENTRY, {**fields, "hash": entry_hash(fields)}).scalar_one())

@@ -9,8 +9,8 @@ a daemon until ``hitl broker stop``. Starting is guarded by a file lock: many pr
 A server that does not answer a PING in time is not taken for a stopped one while its process, named in
 ``redis.pid``, is alive: a second server would take over the socket's path, and processes already connected to
 the first (a worker, beat) would go on with it while new ones (``hitl start``, ``hitl approve``) published to the
-second, which nobody consumes (seen under load: three concurrent ``hitl approve`` processes, one of which started
-a second server, and every later run stalled).
+second, which nobody consumes (seen in a full test run under load: a second server started beside a live first
+one, and every run started afterwards stalled).
 """
 
 from __future__ import annotations
